@@ -1,0 +1,328 @@
+"""Fit surrogate blocks to collected (input, output) pairs with optax (METHOD.md §4).
+
+All chosen layers are fitted together: their blocks are stacked on a leading layer
+axis and the loss is vmapped over it. The summed loss has disjoint parameters per
+layer and AdamW is elementwise, so this is exactly L independent fits in one jitted
+step. FusedMLP counts are static metadata that differ per layer; for fitting they are
+stacked into a separate, non-trainable (L, k) array that multiplies after the
+activation (so gradients w.r.t. centroid j still scale with n_j), and the original
+counts are put back afterwards — they are never updated.
+
+Determinism: the held-out split comes from `fold_in(key, 0)`, the order of training
+tokens at step s from `fold_in(fold_in(key, 1), epoch(s))`; nothing else is random.
+So a fit resumed from an orbax checkpoint (params, optimizer state, step, best params
+and early-stopping state) ends bitwise equal to an uninterrupted one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+from typing import Any, NamedTuple, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ..models import DenseMLP, FusedMLP, activation_fn
+
+LOSSES = ("mse", "cosine")
+
+
+class FitError(ValueError):
+    """Bad fitting configuration, data or blocks."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FitConfig:
+    """How to fit. Steps count optimizer updates; `eval_every`/`patience` drive early
+    stopping on the held-out loss (patience counts evaluations; 0 disables stopping)."""
+    loss: str = "mse"                 # "mse" (mean squared error per element) | "cosine" (1 − cos)
+    steps: int = 500
+    batch_size: int = 256             # tokens per layer per step
+    lr: float = 1e-3
+    warmup_steps: int = 25
+    end_lr_ratio: float = 0.0         # cosine decay to lr * end_lr_ratio
+    weight_decay: float = 0.0         # AdamW decoupled decay, on matrices only (not biases)
+    b1: float = 0.9
+    b2: float = 0.999
+    holdout: float = 0.1              # fraction of tokens held out (0: no early stopping)
+    eval_every: int = 25
+    patience: int = 8
+    min_delta: float = 0.0
+    checkpoint_every: int = 0         # steps between orbax checkpoints (0: only with stop/end)
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise FitError(f"unknown loss {self.loss!r}; valid: {', '.join(LOSSES)}")
+        for name in ("steps", "batch_size", "eval_every"):
+            if int(getattr(self, name)) < 1:
+                raise FitError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "patience", "checkpoint_every"):
+            if int(getattr(self, name)) < 0:
+                raise FitError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.holdout < 1.0:
+            raise FitError(f"holdout must be in [0, 1), got {self.holdout}")
+        if self.lr <= 0:
+            raise FitError(f"lr must be > 0, got {self.lr}")
+
+    def optimizer(self) -> optax.GradientTransformation:
+        """AdamW with linear warm-up then cosine decay (the default schedule)."""
+        warm = min(self.warmup_steps, self.steps - 1) if self.steps > 1 else 0
+        sched = optax.warmup_cosine_decay_schedule(0.0 if warm else self.lr, self.lr, max(warm, 0),
+                                                   self.steps, self.lr * self.end_lr_ratio)
+        mask = lambda p: jax.tree.map(lambda x: x.ndim >= 3, p)  # stacked (L, m, n) matrices
+        return optax.adamw(sched, b1=self.b1, b2=self.b2, weight_decay=self.weight_decay, mask=mask)
+
+
+# ---------------------------------------------------------------- stacking
+
+class Stacked(NamedTuple):
+    params: Any                 # blocks stacked on axis 0 (FusedMLP as DenseMLP leaves)
+    scale: Optional[jax.Array]  # (L, k) fusion counts, or None
+    counts: Optional[tuple]     # per-layer counts tuples to restore FusedMLP
+
+
+def stack_blocks(blocks: Sequence) -> Stacked:
+    """Stack same-kind, same-shape blocks on a leading layer axis."""
+    if not blocks:
+        raise FitError("no blocks to fit")
+    kinds = {type(b).__name__ for b in blocks}
+    if len(kinds) != 1:
+        raise FitError(f"blocks must all be the same kind to fit together, got {sorted(kinds)}")
+    counts = None
+    if isinstance(blocks[0], FusedMLP):
+        counts = tuple(tuple(int(c) for c in b.counts) for b in blocks)
+        blocks = [DenseMLP(b.w1, b.b1, b.w2, b.b2) for b in blocks]
+    defs = {jax.tree.structure(b) for b in blocks}
+    shapes = {tuple(x.shape for x in jax.tree.leaves(b)) for b in blocks}
+    if len(defs) != 1 or len(shapes) != 1:
+        raise FitError(f"blocks must have the same structure and shapes to be stacked, got shapes {sorted(shapes)}")
+    params = jax.tree.map(lambda *xs: jnp.stack(xs), *blocks)
+    scale = None if counts is None else jnp.asarray(np.array(counts, np.float32))
+    return Stacked(params, scale, counts)
+
+
+def unstack_blocks(st: Stacked, params=None) -> list:
+    params = st.params if params is None else params
+    n = jax.tree.leaves(params)[0].shape[0]
+    out = [jax.tree.map(lambda x: x[i], params) for i in range(n)]
+    if st.counts is not None:
+        out = [FusedMLP(b.w1, b.b1, b.w2, b.b2, c) for b, c in zip(out, st.counts)]
+    return out
+
+
+def apply_block(block, x, act, scale=None):
+    """Block forward; with `scale`, a DenseMLP holder is run as fusion: W2 (n ⊙ σ(W1x+b1)) + b2."""
+    if scale is None:
+        return block(x, act)
+    h = x @ block.w1.T
+    if block.b1 is not None:
+        h = h + block.b1
+    y = (act(h) * scale) @ block.w2.T
+    return y if block.b2 is None else y + block.b2
+
+
+def loss_fn(kind: str, pred, target):
+    if kind == "mse":
+        return jnp.mean(jnp.square(pred - target))
+    eps = 1e-12
+    cos = jnp.sum(pred * target, -1) / (jnp.linalg.norm(pred, axis=-1) * jnp.linalg.norm(target, axis=-1) + eps)
+    return jnp.mean(1.0 - cos)
+
+
+# ---------------------------------------------------------------- the fit
+
+class FitState(NamedTuple):
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    best_params: Any
+    best_loss: jax.Array        # (L,) best held-out loss so far (inf before the first eval)
+    bad: jax.Array              # (L,) evaluations since the layer last improved
+    done: jax.Array             # () bool: early-stopped
+
+
+class FitResult(NamedTuple):
+    blocks: list                # fitted blocks (best held-out params when holdout > 0)
+    state: FitState
+    history: dict               # {"step": [...], "train": [[L]...], "heldout": [[L]...]}
+    stopped_early: bool
+
+
+def _split(key, n: int, holdout: float):
+    perm = np.asarray(jax.random.permutation(jax.random.fold_in(key, 0), n))
+    n_hold = int(round(holdout * n)) if holdout > 0 else 0
+    if holdout > 0 and n_hold < 1:
+        n_hold = 1
+    if n - n_hold < 1:
+        raise FitError(f"{n} tokens leave nothing to train on with holdout={holdout}")
+    return np.sort(perm[n_hold:]), np.sort(perm[:n_hold])
+
+
+@functools.lru_cache(maxsize=32)
+def _build(fc: FitConfig, activation: str, fused: bool, n_train: int):
+    act = activation_fn(activation)
+    tx = fc.optimizer()
+    bs = min(fc.batch_size, n_train)
+    per_epoch = n_train // bs
+    order_key = jax.random.fold_in(jax.random.PRNGKey(fc.seed), 1)
+
+    def layer_loss(p, s, x, y):
+        return loss_fn(fc.loss, apply_block(p, x, act, s if fused else None), y)
+
+    def losses(params, scale, x, y):
+        return jax.vmap(layer_loss, in_axes=(0, 0 if fused else None, 0, 0))(params, scale, x, y)
+
+    def batch_idx(step):
+        epoch, i = step // per_epoch, step % per_epoch
+        perm = jax.random.permutation(jax.random.fold_in(order_key, epoch), n_train)
+        return jax.lax.dynamic_slice(perm, (i * bs,), (bs,))
+
+    @jax.jit
+    def train_step(state: FitState, scale, x, y):
+        idx = batch_idx(state.step)
+        xb, yb = x[:, idx], y[:, idx]
+        (_, per), grads = jax.value_and_grad(lambda p: (lambda l: (l.sum(), l))(losses(p, scale, xb, yb)),
+                                             has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        return state._replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                              opt_state=opt_state), per
+
+    @jax.jit
+    def evaluate(state: FitState, scale, x, y):
+        cur = losses(state.params, scale, x, y)
+        better = cur < state.best_loss - fc.min_delta
+        sel = lambda new, old: jnp.where(better.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
+        best_params = jax.tree.map(sel, state.params, state.best_params)
+        bad = jnp.where(better, 0, state.bad + 1)
+        done = jnp.all(bad >= fc.patience) if fc.patience > 0 else jnp.array(False)
+        return state._replace(best_params=best_params, best_loss=jnp.where(better, cur, state.best_loss),
+                              bad=bad, done=done), cur
+
+    return tx, train_step, evaluate
+
+
+def init_state(fc: FitConfig, params) -> FitState:
+    L = jax.tree.leaves(params)[0].shape[0]
+    return FitState(jnp.array(0, jnp.int32), params, fc.optimizer().init(params), params,
+                    jnp.full((L,), jnp.inf, jnp.float32), jnp.zeros((L,), jnp.int32), jnp.array(False))
+
+
+def _fingerprint(fc: FitConfig, activation, x, y, st: Stacked) -> dict:
+    d = dataclasses.asdict(fc)
+    d.pop("progress")
+    d.pop("checkpoint_every")
+    return {"fit_config": d, "activation": activation, "x_shape": list(x.shape), "y_shape": list(y.shape),
+            "kind": ("fused:" if st.counts is not None else "") + str(jax.tree.structure(st.params)),
+            "param_shapes": [list(a.shape) for a in jax.tree.leaves(st.params)],
+            "data_sum": float(np.asarray(x, np.float64).sum() + np.asarray(y, np.float64).sum()),
+            "counts": st.counts}
+
+
+def _manager(directory):
+    import orbax.checkpoint as ocp
+    opts = ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False, create=True)
+    return ocp.CheckpointManager(os.path.abspath(directory), options=opts)
+
+
+def _save(mngr, state: FitState, history: dict):
+    import orbax.checkpoint as ocp
+    step = int(state.step)
+    if step in mngr.all_steps():
+        return
+    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                            history=ocp.args.JsonSave(history)))
+    mngr.wait_until_finished()
+
+
+def _restore(mngr, template: FitState):
+    import orbax.checkpoint as ocp
+    step = mngr.latest_step()
+    if step is None:
+        return None
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), template)
+    got = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                                     history=ocp.args.JsonRestore()))
+    return got["state"], dict(got["history"])
+
+
+def fit_blocks(blocks: Sequence, x, y, fc: FitConfig = FitConfig(), activation: str = "gelu", *,
+               checkpoint_dir: Optional[str] = None, stop_at: Optional[int] = None) -> FitResult:
+    """Fit `blocks[l]` to map `x[l]` → `y[l]` (x, y: (L, N, d) arrays), all layers together.
+
+    `checkpoint_dir`: orbax checkpoints every `fc.checkpoint_every` steps and at the end;
+    an existing checkpoint of the same fit (same config, data and blocks) is resumed.
+    `stop_at`: stop after that many total steps without a final checkpoint, as a kill
+    would (for testing resume).
+    """
+    x, y = np.asarray(x), np.asarray(y)
+    if x.ndim != 3 or y.ndim != 3 or x.shape[:2] != y.shape[:2]:
+        raise FitError(f"x, y must be (layers, tokens, d) with matching layers/tokens; got {x.shape}, {y.shape}")
+    if x.shape[0] != len(blocks):
+        raise FitError(f"{len(blocks)} blocks but data for {x.shape[0]} layers")
+    activation_fn(activation)
+    st = stack_blocks(blocks)
+    key = jax.random.PRNGKey(fc.seed)
+    tr, ho = _split(key, x.shape[1], fc.holdout)
+    xt, yt = jnp.asarray(x[:, tr]), jnp.asarray(y[:, tr])
+    xh, yh = (jnp.asarray(x[:, ho]), jnp.asarray(y[:, ho])) if len(ho) else (None, None)
+    tx, train_step, evaluate = _build(fc, activation, st.scale is not None, len(tr))
+    state = init_state(fc, st.params)
+    history = {"step": [], "train": [], "heldout": []}
+    mngr = None
+    if checkpoint_dir is not None:
+        fp = _fingerprint(fc, activation, x, y, st)
+        os.makedirs(checkpoint_dir, exist_ok=True)
+        fpath = os.path.join(checkpoint_dir, "fit.json")
+        if os.path.exists(fpath):
+            with open(fpath) as f:
+                old = json.load(f)
+            if old != json.loads(json.dumps(fp)):
+                raise FitError(f"{checkpoint_dir} holds a checkpoint of a different fit (config, data or blocks "
+                               "differ); use another directory or delete it")
+        else:
+            tmp = fpath + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(fp, f)
+            os.replace(tmp, fpath)
+        mngr = _manager(checkpoint_dir)
+        got = _restore(mngr, state)
+        if got is not None:
+            state, history = got
+    from tqdm.auto import tqdm
+    bar = tqdm(total=fc.steps, initial=int(state.step), disable=not fc.progress, desc="fit", leave=False)
+    last = None
+    while int(state.step) < fc.steps and not bool(state.done):
+        if stop_at is not None and int(state.step) >= stop_at:
+            bar.close()
+            return FitResult(unstack_blocks(st, state.params), state, history, False)
+        state, last = train_step(state, st.scale, xt, yt)
+        bar.update(1)
+        s = int(state.step)
+        if xh is not None and (s % fc.eval_every == 0 or s == fc.steps):
+            state, cur = evaluate(state, st.scale, xh, yh)
+            history["step"].append(s)
+            history["train"].append(np.asarray(last).tolist())
+            history["heldout"].append(np.asarray(cur).tolist())
+            bar.set_postfix(heldout=float(np.mean(cur)))
+        if mngr is not None and fc.checkpoint_every and s % fc.checkpoint_every == 0:
+            _save(mngr, state, history)
+    bar.close()
+    if mngr is not None:
+        _save(mngr, state, history)
+        mngr.close()
+    final = state.best_params if xh is not None else state.params
+    return FitResult(unstack_blocks(st, final), state, history, bool(state.done))
+
+
+def evaluate_blocks(blocks: Sequence, x, y, activation: str = "gelu", loss: str = "mse") -> np.ndarray:
+    """Per-layer loss of `blocks` on (L, N, d) pairs (no fitting)."""
+    act = activation_fn(activation)
+    return np.array([float(jax.jit(lambda b, xx, yy: loss_fn(loss, b(xx, act), yy))(b, jnp.asarray(x[i]),
+                                                                                     jnp.asarray(y[i])))
+                     for i, b in enumerate(blocks)])

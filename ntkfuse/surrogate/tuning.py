@@ -1,0 +1,93 @@
+"""Layer-wise task-specific tuning (the paper's 1-epoch step, METHOD.md §4).
+
+Only the compressed layers' MLP params are trained, to minimise
+(1/L) Σ_l mean_tokens ‖h_l − h_l^teacher‖², where h_l is layer l's output hidden
+state and the teacher is the uncompressed model on the same task inputs (padding
+excluded). Fusion's counts are static metadata, so they cannot change; every other
+array of `params` is returned as the very same object (bitwise unchanged).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Iterable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ..models import ModelConfig, check_batch, forward, get_mlp, replace_mlps
+from .collect import check_layers
+
+
+class TuneError(ValueError):
+    """Bad layer-wise tuning input."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneConfig:
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    epochs: int = 1
+    progress: bool = False
+
+    def __post_init__(self):
+        if self.lr <= 0:
+            raise TuneError(f"lr must be > 0, got {self.lr}")
+        if self.epochs < 1:
+            raise TuneError(f"epochs must be >= 1, got {self.epochs}")
+
+
+def hidden_loss(cfg: ModelConfig, student: dict, teacher: dict, batch: dict, layers: tuple) -> jax.Array:
+    """(1/L) Σ_l mean over non-pad tokens of ‖h_l − h_l^teacher‖² (h_l = output of layer l)."""
+    hs = forward(cfg, student, batch, collect=True).hidden_states
+    ht = jax.lax.stop_gradient(forward(cfg, teacher, batch, collect=True).hidden_states)
+    mask = batch.get("attention_mask")
+    mask = jnp.ones(batch["input_ids"].shape, jnp.float32) if mask is None else mask.astype(jnp.float32)
+    n = jnp.maximum(mask.sum(), 1.0)
+    per = [jnp.sum(jnp.sum(jnp.square(hs[l + 1] - ht[l + 1]), -1) * mask) / n for l in layers]
+    return sum(per) / len(layers)
+
+
+@functools.lru_cache(maxsize=8)
+def _step(cfg: ModelConfig, layers: tuple, tc: TuneConfig, total: int):
+    sched = (optax.warmup_constant_schedule(0.0, tc.lr, tc.warmup_steps) if tc.warmup_steps else tc.lr)
+    tx = optax.adamw(sched, weight_decay=tc.weight_decay)
+
+    def loss(blocks, params, teacher, batch):
+        return hidden_loss(cfg, replace_mlps(params, dict(zip(layers, blocks))), teacher, batch, layers)
+
+    @jax.jit
+    def step(blocks, opt_state, params, teacher, batch):
+        val, g = jax.value_and_grad(loss)(blocks, params, teacher, batch)
+        upd, opt_state = tx.update(g, opt_state, blocks)
+        return optax.apply_updates(blocks, upd), opt_state, val
+
+    return tx, step
+
+
+def layerwise_tune(cfg: ModelConfig, params: dict, teacher: dict, batches: Sequence[dict],
+                   layers: Sequence[int], tc: TuneConfig = TuneConfig()) -> tuple[dict, list]:
+    """Tune the MLPs of `layers` in `params` (the compressed model) towards `teacher`'s
+    hidden states for `tc.epochs` passes over `batches`. Returns (new params, losses per step)."""
+    layers = check_layers(cfg, layers)
+    batches = list(batches)
+    if not batches:
+        raise TuneError("no batches to tune on")
+    for b in batches:
+        check_batch(cfg, b)
+    if len(params["layers"]) != len(teacher["layers"]):
+        raise TuneError("student and teacher have different numbers of layers")
+    blocks = tuple(get_mlp(params, l) for l in layers)
+    tx, step = _step(cfg, layers, tc, len(batches) * tc.epochs)
+    opt_state = tx.init(blocks)
+    losses = []
+    from tqdm.auto import tqdm
+    for _ in range(tc.epochs):
+        for b in tqdm(batches, disable=not tc.progress, desc="tune", leave=False):
+            blocks, opt_state, val = step(blocks, opt_state, params, teacher,
+                                          {k: jnp.asarray(v) for k, v in b.items() if v is not None})
+            losses.append(float(val))
+    return replace_mlps(params, dict(zip(layers, blocks))), losses
