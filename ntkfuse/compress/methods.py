@@ -1,0 +1,292 @@
+"""One-shot compression of MLP blocks (METHOD.md §2): fusion, cluster, sketch, prune,
+magnitude, svd, mmd. Pure functions of the pretrained block and a PRNG key.
+
+Neuron i of a DenseMLP is the sub-MLP z_i = [W1[i, :], b1[i], W2[:, i]] ∈ R^{2d+1}
+(R^{2d} when the block has no b1). b2 is always kept unchanged.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..models import DenseMLP, FusedMLP, LowRankMLP, replace_mlps
+from ..models.mlp import activation_fn
+from .kmeans import _kmeans_batched, _kmeans_layer
+
+METHODS = ("fusion", "cluster", "sketch", "prune", "magnitude", "svd", "mmd")
+
+KMEANS_OPTIONS = {"n_init": 30, "max_iter": 300, "tol": 1e-4}
+OPTIONS = {
+    "fusion": dict(KMEANS_OPTIONS),
+    "cluster": dict(KMEANS_OPTIONS),
+    "sketch": {"keep": 0},
+    "prune": {"score": "l2"},
+    "magnitude": {"sparsity": 0.2},
+    "svd": {"rank": None},
+    "mmd": {"steps": 100, "lr": 1e-2, "weight_decay": 0.01},
+}
+
+
+class CompressionError(ValueError):
+    """Bad arguments to a compression function (raised before any heavy work)."""
+
+
+# ----------------------------------------------------------------------------- checks
+
+def _options(method, options):
+    if method not in METHODS:
+        raise CompressionError(f"unknown method {method!r}; known methods: {', '.join(METHODS)}")
+    allowed = OPTIONS[method]
+    bad = sorted(set(options) - set(allowed))
+    if bad:
+        raise CompressionError(f"unknown option(s) {bad} for method {method!r}; valid: {sorted(allowed) or 'none'}")
+    opts = {**allowed, **options}
+    if method in ("fusion", "cluster"):
+        if int(opts["n_init"]) < 1 or int(opts["max_iter"]) < 1 or float(opts["tol"]) < 0:
+            raise CompressionError(f"k-means needs n_init ≥ 1, max_iter ≥ 1, tol ≥ 0; got {opts}")
+    if method == "prune" and opts["score"] not in ("l2", "l1"):
+        raise CompressionError(f"prune score must be 'l2' or 'l1', got {opts['score']!r}")
+    if method == "magnitude" and not 0.0 <= float(opts["sparsity"]) < 1.0:
+        raise CompressionError(f"magnitude sparsity must be in [0, 1), got {opts['sparsity']}")
+    if method == "mmd" and (int(opts["steps"]) < 0 or float(opts["lr"]) <= 0):
+        raise CompressionError(f"mmd needs steps ≥ 0 and lr > 0, got {opts}")
+    return opts
+
+
+def _check_block(block, method, width, opts, where=""):
+    if not isinstance(block, DenseMLP):
+        raise CompressionError(f"{where}{method} compresses a DenseMLP (the original block), "
+                               f"got {type(block).__name__}")
+    D, d = block.w1.shape
+    if isinstance(width, bool) or not isinstance(width, (int, np.integer)):
+        raise CompressionError(f"{where}width must be an int, got {width!r}")
+    if not 0 < width <= D:
+        raise CompressionError(f"{where}width must be in [1, {D}] (the block's hidden width D), got {width}")
+    if method == "sketch" and not 0 <= int(opts["keep"]) <= width:
+        raise CompressionError(f"{where}sketch keep must be in [0, width={width}], got {opts['keep']}")
+    if method == "svd" and opts["rank"] is not None and not 0 < int(opts["rank"]) <= min(D, d):
+        raise CompressionError(f"{where}svd rank must be in [1, {min(D, d)}], got {opts['rank']}")
+    for name in ("w1", "b1", "w2", "b2"):
+        a = getattr(block, name)
+        if a is not None and not bool(np.all(np.isfinite(np.asarray(a)))):
+            raise CompressionError(f"{where}{name} contains NaN or infinite values")
+
+
+def _check_activation(activation):
+    try:
+        activation_fn(activation)
+    except ValueError as e:
+        raise CompressionError(str(e)) from None
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def neuron_features(block: DenseMLP) -> jax.Array:
+    """(D, 2d+1) rows z_i = [W1[i], b1[i], W2[:, i]] ((D, 2d) without b1)."""
+    parts = [block.w1] + ([block.b1[:, None]] if block.b1 is not None else []) + [block.w2.T]
+    return jnp.concatenate([jnp.asarray(p, jnp.float32) for p in parts], axis=1)
+
+
+def _split_features(M, d, has_b1):
+    w1 = M[:, :d]
+    b1 = M[:, d] if has_b1 else None
+    w2 = M[:, d + (1 if has_b1 else 0):].T
+    return w1, b1, w2
+
+
+def neuron_scores(block: DenseMLP, score: str = "l2") -> jax.Array:
+    """s_i = ‖a_i‖·‖c_i‖ (L2 or L1 norms) of neuron i."""
+    o = 2 if score == "l2" else 1
+    return jnp.linalg.norm(block.w1, ord=o, axis=1) * jnp.linalg.norm(block.w2, ord=o, axis=0)
+
+
+def svd_rank_for_width(d: int, D: int, k: int) -> int:
+    """Parameter-matched rank: a width-k MLP has 2kd weights, rank-t factors of W1 and W2
+    have 2t(D+d), so t = floor(k·d / (D+d)) (≥ 1). d=768, D=3072, k=768 → 153."""
+    return max(1, (k * d) // (D + d))
+
+
+def _from_centroids(block, M, counts, method):
+    d = block.w1.shape[1]
+    w1, b1, w2 = _split_features(M, d, block.b1 is not None)
+    if method == "fusion":
+        return FusedMLP(w1, b1, w2, block.b2, tuple(int(c) for c in np.asarray(counts)))
+    s = jnp.sqrt(jnp.asarray(counts, jnp.float32))
+    return DenseMLP(w1 * s[:, None], None if b1 is None else b1 * s, w2 * s[None, :], block.b2)
+
+
+# ----------------------------------------------------------------------------- methods
+
+def _sketch(block, k, key, keep):
+    D = block.w1.shape[0]
+    if keep:
+        top = jnp.sort(jnp.argsort(-neuron_scores(block))[:keep])
+        rest = jnp.setdiff1d(jnp.arange(D), top, size=D - keep)
+    else:
+        top, rest = jnp.zeros((0,), jnp.int32), jnp.arange(D)
+    r = k - keep
+    S = jax.random.normal(key, (D - keep, r), jnp.float32) / math.sqrt(r) if r else jnp.zeros((D - keep, 0))
+    w1 = jnp.concatenate([block.w1[top], S.T @ block.w1[rest]], axis=0)
+    b1 = None if block.b1 is None else jnp.concatenate([block.b1[top], S.T @ block.b1[rest]])
+    w2 = jnp.concatenate([block.w2[:, top], block.w2[:, rest] @ S], axis=1)
+    return DenseMLP(w1, b1, w2, block.b2)
+
+
+def _prune(block, k, score):
+    idx = jnp.sort(jnp.argsort(-neuron_scores(block, score))[:k])  # original order kept
+    return DenseMLP(block.w1[idx], None if block.b1 is None else block.b1[idx], block.w2[:, idx], block.b2)
+
+
+def _magnitude_mask(blocks: Sequence[DenseMLP], sparsity: float):
+    """Zero the globally smallest |w| fraction of all W1, W2 entries of `blocks` (biases kept).
+    Ties at the threshold are all kept, so at most round(sparsity·n) weights are removed."""
+    flat = jnp.concatenate([jnp.abs(m).ravel() for b in blocks for m in (b.w1, b.w2)])
+    n = int(round(sparsity * flat.size))
+    if n == 0:
+        return list(blocks)
+    thr = jnp.sort(flat)[n - 1]
+    # strictly above the n-th smallest is kept; weights equal to it are removed only if
+    # there is room (exactness in the presence of ties is not needed for float weights)
+    return [DenseMLP(jnp.where(jnp.abs(b.w1) > thr, b.w1, 0.0), b.b1,
+                     jnp.where(jnp.abs(b.w2) > thr, b.w2, 0.0), b.b2) for b in blocks]
+
+
+def _svd(block, rank):
+    def factor(W):
+        U, S, Vt = jnp.linalg.svd(jnp.asarray(W, jnp.float32), full_matrices=False)
+        r = jnp.sqrt(S[:rank])   # balanced split: U√S, √S Vᵀ
+        return U[:, :rank] * r[None, :], r[:, None] * Vt[:rank]
+    u1, v1 = factor(block.w1)
+    u2, v2 = factor(block.w2)
+    return LowRankMLP(u1, v1, block.b1, u2, v2, block.b2)
+
+
+def _mmd_kernel_dists(A, B):
+    sq = jnp.sum(A * A, 1)[:, None] + jnp.sum(B * B, 1)[None, :] - 2.0 * jnp.matmul(
+        A, B.T, precision=jax.lax.Precision.HIGHEST)
+    return jnp.sqrt(jnp.maximum(sq, 1e-12))   # clamped: finite gradient at zero distance
+
+
+def mmd2(P, Z, h=None):
+    """MMD² between particle set P and data Z with Σ_{b=0..4} exp(−‖z−z'‖/h_b), h_b = h·2^b/4,
+    h = mean pairwise distance over P ∪ Z (off-diagonal pairs), detached."""
+    X = jnp.concatenate([P, Z], axis=0)
+    dist = _mmd_kernel_dists(X, X)
+    n = X.shape[0]
+    if h is None:
+        h = jax.lax.stop_gradient((jnp.sum(dist) - jnp.sum(jnp.diag(dist))) / (n * (n - 1)))
+    K = sum(jnp.exp(-dist / (h * 2.0 ** b / 4.0)) for b in range(5))
+    k = P.shape[0]
+    return jnp.mean(K[:k, :k]) + jnp.mean(K[k:, k:]) - 2.0 * jnp.mean(K[:k, k:])
+
+
+def _mmd(block, k, key, steps, lr, weight_decay):
+    import optax
+    Z = neuron_features(block)
+    D = Z.shape[0]
+    P0 = Z[jax.random.choice(key, D, (k,), replace=False)]
+    opt = optax.adamw(lr, weight_decay=weight_decay)
+
+    @jax.jit
+    def run(P, Z):
+        def step(carry, _):
+            P, state = carry
+            loss, g = jax.value_and_grad(mmd2)(P, Z)
+            upd, state = opt.update(g, state, P)
+            return (optax.apply_updates(P, upd), state), loss
+        (P, _), _ = jax.lax.scan(step, (P, opt.init(P)), None, length=steps)
+        return P
+
+    P = run(P0, Z)
+    w1, b1, w2 = _split_features(P * math.sqrt(D / k), block.w1.shape[1], block.b1 is not None)
+    return DenseMLP(w1, b1, w2, block.b2)
+
+
+def _dispatch(block, method, width, key, opts, km=None):
+    if method in ("fusion", "cluster"):
+        if km is None:
+            km = _kmeans_layer(neuron_features(block), key, jnp.float32(opts["tol"]), int(width),
+                               int(opts["n_init"]), int(opts["max_iter"]))
+        return _from_centroids(block, km.centroids, km.counts, method)
+    if method == "sketch":
+        return _sketch(block, width, key, int(opts["keep"]))
+    if method == "prune":
+        return _prune(block, width, opts["score"])
+    if method == "magnitude":
+        return _magnitude_mask([block], float(opts["sparsity"]))[0]
+    if method == "svd":
+        D, d = block.w1.shape
+        rank = opts["rank"] if opts["rank"] is not None else svd_rank_for_width(d, D, width)
+        return _svd(block, int(rank))
+    if method == "mmd":
+        return _mmd(block, width, key, int(opts["steps"]), float(opts["lr"]), float(opts["weight_decay"]))
+    raise AssertionError(method)
+
+
+# ----------------------------------------------------------------------------- public API
+
+def compress_block(block: DenseMLP, method: str, width: int, key, *, activation: str = "gelu", **options):
+    """Compress one DenseMLP to width `width` (METHOD.md §2).
+
+    fusion → FusedMLP (static counts); cluster, sketch, prune, mmd → DenseMLP of width k;
+    magnitude → DenseMLP of width D with the smallest `sparsity` fraction of |W1|,|W2|
+    zeroed (`width` is validated but unused); svd → LowRankMLP of rank `rank` (default
+    `svd_rank_for_width`). `activation` is validated only: no method depends on σ.
+    Options: fusion/cluster n_init, max_iter, tol; sketch keep; prune score ("l2"|"l1");
+    magnitude sparsity; svd rank; mmd steps, lr, weight_decay (AdamW, torch's default 0.01).
+    """
+    opts = _options(method, options)
+    _check_activation(activation)
+    _check_block(block, method, width, opts)
+    return _dispatch(block, method, width, key, opts)
+
+
+def compress(cfg, params: dict, method: str, layers: Sequence[int], width: int, key, **options) -> dict:
+    """New params with the MLPs of `layers` compressed by `method` (via `replace_mlps`).
+
+    Layer layers[i] uses key `jax.random.split(key, len(layers))[i]`, so it equals
+    `compress_block(get_mlp(params, layers[i]), method, width, keys[i])` (k-means for all
+    layers of equal shape runs batched in one jitted call). `magnitude` uses one global
+    threshold over the chosen layers' W1 and W2.
+    """
+    opts = _options(method, options)
+    _check_activation(cfg.activation)
+    layers = [int(l) for l in layers]
+    n = len(params["layers"])
+    if not layers:
+        raise CompressionError("no layers given")
+    if len(set(layers)) != len(layers):
+        raise CompressionError(f"duplicate layers in {layers}")
+    for l in layers:
+        if not 0 <= l < n:
+            raise CompressionError(f"layer {l} out of range: the model has layers 0..{n - 1}")
+    blocks = {l: params["layers"][l]["mlp"] for l in layers}
+    for l, b in blocks.items():
+        _check_block(b, method, width, opts, where=f"layer {l}: ")
+    keys = dict(zip(layers, jax.random.split(key, len(layers))))
+
+    if method == "magnitude":
+        masked = _magnitude_mask([blocks[l] for l in layers], float(opts["sparsity"]))
+        return replace_mlps(params, dict(zip(layers, masked)))
+
+    new = {}
+    if method in ("fusion", "cluster"):
+        groups = {}
+        for l in layers:
+            groups.setdefault((blocks[l].w1.shape, blocks[l].b1 is None), []).append(l)
+        for group in groups.values():
+            Xs = jnp.stack([neuron_features(blocks[l]) for l in group])
+            ks = jnp.stack([keys[l] for l in group])
+            km = _kmeans_batched(Xs, ks, jnp.float32(opts["tol"]), int(width), int(opts["n_init"]),
+                                 int(opts["max_iter"]))
+            for i, l in enumerate(group):
+                new[l] = _dispatch(blocks[l], method, width, keys[l], opts,
+                                   km=jax.tree_util.tree_map(lambda a: a[i], km))
+    else:
+        for l in layers:
+            new[l] = _dispatch(blocks[l], method, width, keys[l], opts)
+    return replace_mlps(params, new)
