@@ -63,7 +63,10 @@ def layer_sensitivity(cfg: ModelConfig, params: dict, batches: Sequence[dict], l
                       widths: Sequence[int], method: str = "prune", key=None,
                       replace: Optional[Callable] = None, output_layer: Optional[int] = None,
                       **options) -> list[dict]:
-    """One row per (layer, width): {"layer", "width", "params", "kl", "output_error"}.
+    """One row per (layer, width): {"layer", "width", "params", "kl", "output_error", "logit_error"}.
+
+    output_error: mean ‖Δh‖₂ over non-pad tokens at hidden state `output_layer`
+    (HF indexing, default the last layer's output); logit_error: the same on logits.
 
     `replace(cfg, params, layer, width, key) -> params` overrides the one-shot
     compression (default: `replace_one` with `method`).
@@ -79,7 +82,7 @@ def layer_sensitivity(cfg: ModelConfig, params: dict, batches: Sequence[dict], l
     if not widths or min(widths) < 1:
         raise SensitivityError(f"widths must be positive integers, got {widths}")
     key = jax.random.PRNGKey(0) if key is None else key
-    out_layer = cfg.num_layers - 1 if output_layer is None else output_layer
+    out_layer = cfg.num_layers if output_layer is None else output_layer  # hidden-state index
     rows = []
     for l in layers:
         for w in widths:
@@ -89,8 +92,7 @@ def layer_sensitivity(cfg: ModelConfig, params: dict, batches: Sequence[dict], l
             err = output_error(cfg, params, new, batches, out_layer)
             rows.append({"layer": l, "width": w, "params": count_params(get_mlp(new, l)),
                          "kl": output_kl(cfg, params, new, batches),
-                         "output_error": float(err if np.ndim(err) == 0 else np.asarray(err).ravel()[0])
-                         if not isinstance(err, dict) else float(err.get("mean", next(iter(err.values()))))})
+                         "output_error": err["layer"], "logit_error": err["logits"]})
     return rows
 
 
