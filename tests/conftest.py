@@ -16,9 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-
 FORMATS = ("safetensors", "sharded", "bin", "flax")
 
 
@@ -58,6 +55,7 @@ def _flax_tree(state_dict: dict) -> dict:
 
 def write_checkpoint(model, directory: Path, fmt: str) -> Path:
     """Save `model` into `directory` in one of FORMATS; returns the directory."""
+    import torch
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     if fmt == "safetensors":
@@ -79,6 +77,7 @@ def write_checkpoint(model, directory: Path, fmt: str) -> Path:
 
 
 def _perturb(model, seed: int, scale: float = 0.05):
+    import torch
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
@@ -96,6 +95,14 @@ class TinyCheckpoint:
         return self.dirs["safetensors"]
 
 
+def _hf(seed=None):
+    """transformers (and torch, seeded when asked), imported only by the fixtures that need them."""
+    torch = pytest.importorskip("torch")
+    if seed is not None:
+        torch.manual_seed(seed)
+    return pytest.importorskip("transformers")
+
+
 def _tiny(tmp_path_factory, name, model, formats=FORMATS) -> TinyCheckpoint:
     root = tmp_path_factory.mktemp(name)
     return TinyCheckpoint(model, {f: write_checkpoint(model, root / f, f) for f in formats})
@@ -107,7 +114,7 @@ def _tiny(tmp_path_factory, name, model, formats=FORMATS) -> TinyCheckpoint:
 @pytest.fixture(scope="session")
 def tiny_roberta(tmp_path_factory) -> TinyCheckpoint:
     """RobertaForSequenceClassification, d=32, D=64, 2 layers, 4 heads, vocab 100, 3 labels."""
-    torch.manual_seed(0)
+    transformers = _hf(seed=0)
     cfg = transformers.RobertaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                      num_attention_heads=4, max_position_embeddings=40, type_vocab_size=1,
                                      num_labels=3, pad_token_id=1, bos_token_id=0, eos_token_id=2)
@@ -118,7 +125,7 @@ def tiny_roberta(tmp_path_factory) -> TinyCheckpoint:
 @pytest.fixture(scope="session")
 def tiny_gpt2(tmp_path_factory) -> TinyCheckpoint:
     """GPT2LMHeadModel, n_embd=32, 2 layers, 4 heads, vocab 100 (LM head tied to wte)."""
-    torch.manual_seed(0)
+    transformers = _hf(seed=0)
     cfg = transformers.GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=4, n_positions=32,
                                     bos_token_id=0, eos_token_id=0)
     model = _perturb(transformers.GPT2LMHeadModel(cfg), seed=2)
@@ -128,7 +135,7 @@ def tiny_gpt2(tmp_path_factory) -> TinyCheckpoint:
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> TinyCheckpoint:
     """BertForSequenceClassification with token types, d=32, 2 layers, 3 labels (safetensors and flax)."""
-    torch.manual_seed(0)
+    transformers = _hf(seed=0)
     cfg = transformers.BertConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                   num_attention_heads=4, max_position_embeddings=32, type_vocab_size=2,
                                   num_labels=3)
@@ -149,6 +156,7 @@ def minilm(minilm_dir):
     """(ntkfuse Loaded, HF BertModel) for the real MiniLM weights."""
     import ntkfuse
     loaded = ntkfuse.load("minilm")
+    transformers = _hf()
     ref = transformers.BertModel.from_pretrained(str(minilm_dir), attn_implementation="eager").eval()
     return loaded, ref
 

@@ -12,10 +12,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 
 import ntkfuse
 from conftest import FORMATS, random_batch
+
+torch = pytest.importorskip("torch")
 
 TOL = 1e-4
 # bfloat16 keeps 8 significant bits (unit round-off 2^-9 ≈ 2e-3). Rounding every weight
@@ -23,6 +24,12 @@ TOL = 1e-4
 # (MiniLM's last hidden state) here; 3e-2 leaves 3x margin and is still far below the
 # O(1e-1..1) error of a broken bf16 path (LayerNorm statistics in bf16, a mis-cast mask).
 BF16_TOL = 3e-2
+
+
+def run(cfg, params, batch):
+    """Jitted forward with collect=True; provenance (cfg.name) dropped so that checkpoints of one
+    shape in different formats share one compilation."""
+    return ntkfuse.jit_forward(cfg.replace(name=""), params, {k: jnp.asarray(v) for k, v in batch.items()}, True)
 
 
 def rel_err(ours, ref, mask=None) -> float:
@@ -92,7 +99,7 @@ def minilm_batch(minilm):
 def minilm_out(minilm, minilm_batch):
     """ntkfuse float32 eager output (classifier head, collect=True), shared by several tests."""
     loaded, _ = minilm
-    return ntkfuse.forward(loaded.cfg, loaded.params, minilm_batch, collect=True)
+    return run(loaded.cfg, loaded.params, minilm_batch)
 
 
 def test_minilm_bert_model_parity(minilm, minilm_batch, minilm_out):
@@ -145,7 +152,7 @@ def test_tiny_roberta_parity(tiny_roberta, fmt):
     batch = _roberta_batch()
     loaded = ntkfuse.load(tiny_roberta.dirs[fmt], tokenizer=False)
     assert loaded.cfg.family == "roberta" and loaded.cfg.num_labels == 3
-    out = ntkfuse.forward(loaded.cfg, loaded.params, batch, collect=True)
+    out = run(loaded.cfg, loaded.params, batch)
     assert_parity(out, hf_forward(tiny_roberta.model, batch), batch["attention_mask"], f"tiny RoBERTa [{fmt}]")
 
 
@@ -154,7 +161,7 @@ def test_tiny_gpt2_parity(tiny_gpt2, fmt):
     batch = _gpt2_batch()
     loaded = ntkfuse.load(tiny_gpt2.dirs[fmt], tokenizer=False)
     assert loaded.cfg.family == "gpt2" and loaded.cfg.head == "lm"
-    out = ntkfuse.forward(loaded.cfg, loaded.params, batch, collect=True)
+    out = run(loaded.cfg, loaded.params, batch)
     assert_parity(out, hf_forward(tiny_gpt2.model, batch), batch["attention_mask"], f"tiny GPT-2 [{fmt}]", lm=True)
 
 
@@ -162,11 +169,11 @@ def test_tiny_gpt2_parity(tiny_gpt2, fmt):
 def test_tiny_bert_token_types_parity(tiny_bert, fmt):
     batch = _bert_batch()
     loaded = ntkfuse.load(tiny_bert.dirs[fmt], tokenizer=False)
-    out = ntkfuse.forward(loaded.cfg, loaded.params, batch, collect=True)
+    out = run(loaded.cfg, loaded.params, batch)
     assert_parity(out, hf_forward(tiny_bert.model, batch), batch["attention_mask"], f"tiny BERT [{fmt}]")
     # token_type_ids matter: dropping them changes the result.
-    no_tt = {k: v for k, v in batch.items() if k != "token_type_ids"}
-    assert rel_err(ntkfuse.forward(loaded.cfg, loaded.params, no_tt).logits, out.logits) > 1e-3
+    no_tt = {**batch, "token_type_ids": np.zeros_like(batch["token_type_ids"])}
+    assert rel_err(run(loaded.cfg, loaded.params, no_tt).logits, out.logits) > 1e-3
 
 
 @pytest.mark.parametrize("family", ["roberta", "gpt2"])
@@ -185,8 +192,8 @@ def test_roberta_padding_does_not_change_real_tokens(tiny_roberta):
     loaded = ntkfuse.load(tiny_roberta.dir, tokenizer=False)
     batch = _roberta_batch()
     wider = {k: np.pad(v, ((0, 0), (0, 5)), constant_values=1 if k == "input_ids" else 0) for k, v in batch.items()}
-    a = ntkfuse.forward(loaded.cfg, loaded.params, batch)
-    b = ntkfuse.forward(loaded.cfg, loaded.params, wider)
+    a = run(loaded.cfg, loaded.params, batch)
+    b = run(loaded.cfg, loaded.params, wider)
     np.testing.assert_allclose(np.asarray(b.logits), np.asarray(a.logits), rtol=1e-5, atol=1e-6)
     keep = batch["attention_mask"].astype(bool)
     np.testing.assert_allclose(np.asarray(b.last_hidden)[:, :batch["input_ids"].shape[1]][keep],
@@ -199,7 +206,7 @@ def test_roberta_padding_does_not_change_real_tokens(tiny_roberta):
 def test_collect_mlp_io_matches_hf_roberta(tiny_roberta):
     batch = _roberta_batch()
     loaded = ntkfuse.load(tiny_roberta.dir, tokenizer=False)
-    out = ntkfuse.forward(loaded.cfg, loaded.params, batch, collect=True)
+    out = run(loaded.cfg, loaded.params, batch)
     ref = hf_forward(tiny_roberta.model, batch, bert_mlp_modules(tiny_roberta.model.roberta.encoder))
     _assert_mlp_io(out, ref, batch["attention_mask"], loaded.cfg.num_layers, "RoBERTa")
 
@@ -207,7 +214,7 @@ def test_collect_mlp_io_matches_hf_roberta(tiny_roberta):
 def test_collect_mlp_io_matches_hf_gpt2(tiny_gpt2):
     batch = _gpt2_batch()
     loaded = ntkfuse.load(tiny_gpt2.dir, tokenizer=False)
-    out = ntkfuse.forward(loaded.cfg, loaded.params, batch, collect=True)
+    out = run(loaded.cfg, loaded.params, batch)
     ref = hf_forward(tiny_gpt2.model, batch, gpt2_mlp_modules(tiny_gpt2.model.transformer))
     _assert_mlp_io(out, ref, batch["attention_mask"], loaded.cfg.num_layers, "GPT-2")
 
@@ -234,8 +241,7 @@ def _assert_mlp_io(out, ref, mask, num_layers, name):
 def test_jit_forward_matches_eager_and_hf(tiny_roberta, tiny_gpt2, family):
     ck, batch = {"roberta": (tiny_roberta, _roberta_batch()), "gpt2": (tiny_gpt2, _gpt2_batch())}[family]
     loaded = ntkfuse.load(ck.dir, tokenizer=False)
-    jb = {k: jnp.asarray(v) for k, v in batch.items()}
-    jitted = ntkfuse.jit_forward(loaded.cfg, loaded.params, jb, True)
+    jitted = run(loaded.cfg, loaded.params, batch)
     eager = ntkfuse.forward(loaded.cfg, loaded.params, batch, collect=True)
     assert isinstance(jitted.logits, jax.Array)
     for a, b in zip(jax.tree_util.tree_leaves(jitted), jax.tree_util.tree_leaves(eager)):
@@ -246,7 +252,7 @@ def test_jit_forward_matches_eager_and_hf(tiny_roberta, tiny_gpt2, family):
 
 def test_bfloat16_minilm_close_to_float32(minilm_batch, minilm_out):
     bf = ntkfuse.load("minilm", dtype="bfloat16", tokenizer=False)
-    out16 = ntkfuse.jit_forward(bf.cfg, bf.params, minilm_batch, False)
+    out16 = run(bf.cfg, bf.params, minilm_batch)
     out32 = minilm_out
     assert out16.logits.dtype == jnp.bfloat16 and out16.last_hidden.dtype == jnp.bfloat16
     assert np.isfinite(np.asarray(out16.logits, np.float32)).all()
@@ -260,8 +266,8 @@ def test_bfloat16_gpt2_close_to_float32(tiny_gpt2):
     batch = _gpt2_batch()
     f32 = ntkfuse.load(tiny_gpt2.dir, tokenizer=False)
     bf = ntkfuse.load(tiny_gpt2.dir, dtype="bfloat16", tokenizer=False)
-    out16 = ntkfuse.jit_forward(bf.cfg, bf.params, batch, False)
-    out32 = ntkfuse.forward(f32.cfg, f32.params, batch)
+    out16 = run(bf.cfg, bf.params, batch)
+    out32 = run(f32.cfg, f32.params, batch)
     assert out16.logits.dtype == jnp.bfloat16
     e = rel_err(np.asarray(out16.logits, np.float32), out32.logits, batch["attention_mask"])
     print(f"\n[bf16] tiny GPT-2: logits rel err {e:.2e}")
