@@ -1,0 +1,9 @@
+"""Data for kernel and output comparisons: shipped samples, local files, HF datasets,
+and batching for encoders (classification) and decoders (target log-probability)."""
+from .batching import classification_batch, lm_batch, make_batch
+from .readers import (SAMPLES, SAMPLES_DIR, DataError, Example, example_from_record, is_data_to_text, linearise,
+                      load_examples, load_hf, read_file, read_jsonl, read_table, sample_path)
+
+__all__ = ["SAMPLES", "SAMPLES_DIR", "DataError", "Example", "example_from_record", "is_data_to_text", "linearise",
+           "load_examples", "load_hf", "read_file", "read_jsonl", "read_table", "sample_path",
+           "classification_batch", "lm_batch", "make_batch"]

@@ -1,0 +1,65 @@
+"""Examples -> model batches (numpy dicts as `ntkfuse.forward` takes them).
+
+Encoders get the text (prompt and target joined when there is a target). Decoders
+get prompt + target with a `target_mask` that is 1 exactly on the target's tokens,
+so a target log-probability counts only the sentence, not the linearised triples.
+An example without a target is scored as a whole (every token after the first).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from .readers import DataError, Example
+
+
+def classification_batch(tok, examples: Sequence[Example], max_length: int) -> dict:
+    texts = [e.text if e.target is None else f"{e.text} {e.target}" for e in examples]
+    enc = tok(texts, padding="longest", truncation=True, max_length=max_length, return_tensors="np")
+    batch = {k: np.asarray(v, np.int32) for k, v in enc.items()
+             if k in ("input_ids", "attention_mask", "token_type_ids")}
+    return batch
+
+
+def lm_batch(tok, examples: Sequence[Example], max_length: int) -> dict:
+    """Right-padded prompt+target ids with `target_mask` over target tokens.
+
+    Too long: the prompt is cut from the left first (the target is what is scored),
+    then the target from the right; every example keeps at least one target token.
+    """
+    if max_length < 2:
+        raise DataError(f"max_length must be >= 2 for a language-model batch, got {max_length}")
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    rows, masks = [], []
+    for e in examples:
+        if e.target is None:
+            ids = tok(e.text, add_special_tokens=False)["input_ids"][:max_length]
+            prompt, target = ids[:1], ids[1:]
+        else:
+            prompt = tok(e.text, add_special_tokens=False)["input_ids"]
+            target = tok(" " + e.target, add_special_tokens=False)["input_ids"]
+        target = target[:max_length - 1]
+        prompt = prompt[max(0, len(prompt) - (max_length - len(target))):]
+        if not target:
+            raise DataError(f"example {e.text[:40]!r} has no target tokens to score")
+        rows.append(list(prompt) + list(target))
+        masks.append([0] * len(prompt) + [1] * len(target))
+    T = max(len(r) for r in rows)
+    ids = np.full((len(rows), T), pad, np.int32)
+    att = np.zeros((len(rows), T), np.int32)
+    tm = np.zeros((len(rows), T), np.int32)
+    for i, (r, m) in enumerate(zip(rows, masks)):
+        ids[i, :len(r)], att[i, :len(r)], tm[i, :len(m)] = r, 1, m
+    return {"input_ids": ids, "attention_mask": att, "target_mask": tm}
+
+
+def make_batch(cfg, tok, examples: Sequence[Example], max_length: int) -> dict:
+    """The batch a model of config `cfg` needs: an LM batch for decoders, else classification."""
+    if not examples:
+        raise DataError("no examples")
+    if tok is None:
+        raise DataError("the model has no tokenizer; a checkpoint directory needs tokenizer files")
+    if cfg.is_decoder:
+        return lm_batch(tok, examples, max_length)
+    return classification_batch(tok, examples, max_length)
