@@ -297,18 +297,21 @@ def fit_blocks(blocks: Sequence, x, y, fc: FitConfig = FitConfig(), activation: 
     from tqdm.auto import tqdm
     bar = tqdm(total=fc.steps, initial=int(state.step), disable=not fc.progress, desc="fit", leave=False)
     last = None
-    while int(state.step) < fc.steps and not bool(state.done):
-        if stop_at is not None and int(state.step) >= stop_at:
+    s = int(state.step)                      # host copy: no device sync per step
+    done = bool(state.done)
+    while s < fc.steps and not done:
+        if stop_at is not None and s >= stop_at:
             bar.close()
             return FitResult(unstack_blocks(st, state.params), state, history, False)
         state, last = train_step(state, st.scale, xt, yt)
+        s += 1
         bar.update(1)
-        s = int(state.step)
         if xh is not None and (s % fc.eval_every == 0 or s == fc.steps):
             state, cur = evaluate(state, st.scale, xh, yh)
             history["step"].append(s)
             history["train"].append(np.asarray(last).tolist())
             history["heldout"].append(np.asarray(cur).tolist())
+            done = bool(state.done)
             bar.set_postfix(heldout=float(np.mean(cur)))
         if mngr is not None and fc.checkpoint_every and s % fc.checkpoint_every == 0:
             _save(mngr, state, history)
