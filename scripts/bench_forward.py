@@ -154,10 +154,14 @@ def main(argv=None):
     ap.add_argument("--f32-precision", default="both", choices=("highest", "default", "both"),
                     help="JAX matmul precision for float32 (torch's default is no TF32 = highest)")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch side")
+    ap.add_argument("--torch-threads", type=int, default=None,
+                    help="torch.set_num_threads (CPU); 1 avoids OpenMP spin-waiting on a shared, busy CPU")
     ap.add_argument("--out", default="results/bench_forward.json")
     args = ap.parse_args(argv)
 
     import torch
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
     models = [m for m in args.models.split(",") if m]
     dtypes = [d for d in args.dtypes.split(",") if d]
     for m in models:
