@@ -90,7 +90,8 @@ def test_from_hf_config_maps_fields():
     assert (r.activation, r.layer_norm_eps, r.pad_token_id, r.num_labels, r.head) == \
         ("gelu", 1e-5, 1, 3, "classifier")
     g = ModelConfig.from_hf_config(transformers.GPT2Config(vocab_size=99, n_embd=32, n_layer=2, n_head=4,
-                                                           n_positions=64).to_dict())
+                                                           n_positions=64, bos_token_id=0,
+                                                           eos_token_id=0).to_dict())
     assert (g.family, g.hidden, g.intermediate, g.activation, g.layer_norm_eps, g.head) == \
         ("gpt2", 32, 128, "gelu_tanh", 1e-5, "lm")
     b = ModelConfig.from_hf_config(transformers.BertConfig(hidden_size=32, num_attention_heads=4), head="none",
