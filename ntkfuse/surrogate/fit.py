@@ -323,9 +323,14 @@ def fit_blocks(blocks: Sequence, x, y, fc: FitConfig = FitConfig(), activation: 
     return FitResult(unstack_blocks(st, final), state, history, bool(state.done))
 
 
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _block_loss(block, x, y, activation, loss):
+    return loss_fn(loss, block(x, activation_fn(activation)), y)
+
+
 def evaluate_blocks(blocks: Sequence, x, y, activation: str = "gelu", loss: str = "mse") -> np.ndarray:
     """Per-layer loss of `blocks` on (L, N, d) pairs (no fitting)."""
-    act = activation_fn(activation)
-    return np.array([float(jax.jit(lambda b, xx, yy: loss_fn(loss, b(xx, act), yy))(b, jnp.asarray(x[i]),
-                                                                                     jnp.asarray(y[i])))
+    if loss not in LOSSES:
+        raise FitError(f"unknown loss {loss!r}; valid: {', '.join(LOSSES)}")
+    return np.array([float(_block_loss(b, jnp.asarray(x[i]), jnp.asarray(y[i]), activation, loss))
                      for i, b in enumerate(blocks)])
