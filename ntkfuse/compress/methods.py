@@ -7,6 +7,7 @@ Neuron i of a DenseMLP is the sub-MLP z_i = [W1[i, :], b1[i], W2[:, i]] ∈ R^{2
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Sequence
 
 import jax
@@ -144,24 +145,42 @@ def _prune(block, k, score):
 def _magnitude_mask(blocks: Sequence[DenseMLP], sparsity: float):
     """Zero the globally smallest |w| fraction of all W1, W2 entries of `blocks` (biases kept).
     Ties at the threshold are all kept, so at most round(sparsity·n) weights are removed."""
-    flat = jnp.concatenate([jnp.abs(m).ravel() for b in blocks for m in (b.w1, b.w2)])
+    flat = np.concatenate([np.abs(np.asarray(m)).ravel() for b in blocks for m in (b.w1, b.w2)])
     n = int(round(sparsity * flat.size))
     if n == 0:
         return list(blocks)
-    thr = jnp.sort(flat)[n - 1]
+    thr = np.partition(flat, n - 1)[n - 1]
     # strictly above the n-th smallest is kept; weights equal to it are removed only if
     # there is room (exactness in the presence of ties is not needed for float weights)
     return [DenseMLP(jnp.where(jnp.abs(b.w1) > thr, b.w1, 0.0), b.b1,
                      jnp.where(jnp.abs(b.w2) > thr, b.w2, 0.0), b.b2) for b in blocks]
 
 
+def truncated_svd_factors(W, rank: int):
+    """Balanced rank-`rank` factors (U√S, √S Vᵀ) of W, computed on the host in float64 from
+    the eigendecomposition of the small Gram matrix (min(m, n)² entries): singular values
+    down to ~1e-8·σ_max are exact to float64 rounding, far below float32 resolution, and it
+    is much faster than a full SVD on CPU. Directions with σ ≤ 1e-12·σ_max are zeroed."""
+    W = np.asarray(W, np.float64)
+    tall = W.shape[0] >= W.shape[1]
+    A = W if tall else W.T
+    evals, evecs = np.linalg.eigh(A.T @ A)
+    order = np.argsort(evals)[::-1][:rank]
+    sv = np.sqrt(np.maximum(evals[order], 0.0))
+    V = evecs[:, order]                                   # right singular vectors of A
+    ok = sv > 1e-12 * max(sv.max(initial=0.0), 1e-300)
+    r = np.where(ok, np.sqrt(sv), 0.0)
+    left = (A @ V) * np.where(ok, 1.0 / np.where(ok, r, 1.0), 0.0)[None, :]   # U√S = A V / √S
+    right = r[:, None] * V.T                                                  # √S Vᵀ
+    if not tall:   # W = Aᵀ = (right)ᵀ (left)ᵀ
+        left, right = right.T, left.T
+    dt = np.float32
+    return jnp.asarray(left.astype(dt)), jnp.asarray(right.astype(dt))
+
+
 def _svd(block, rank):
-    def factor(W):
-        U, S, Vt = jnp.linalg.svd(jnp.asarray(W, jnp.float32), full_matrices=False)
-        r = jnp.sqrt(S[:rank])   # balanced split: U√S, √S Vᵀ
-        return U[:, :rank] * r[None, :], r[:, None] * Vt[:rank]
-    u1, v1 = factor(block.w1)
-    u2, v2 = factor(block.w2)
+    u1, v1 = truncated_svd_factors(block.w1, rank)
+    u2, v2 = truncated_svd_factors(block.w2, rank)
     return LowRankMLP(u1, v1, block.b1, u2, v2, block.b2)
 
 
@@ -184,24 +203,26 @@ def mmd2(P, Z, h=None):
     return jnp.mean(K[:k, :k]) + jnp.mean(K[k:, k:]) - 2.0 * jnp.mean(K[:k, k:])
 
 
-def _mmd(block, k, key, steps, lr, weight_decay):
+@partial(jax.jit, static_argnums=(2, 3, 4))
+def _mmd_fit(P, Z, steps, lr, weight_decay):
     import optax
+    opt = optax.adamw(lr, weight_decay=weight_decay)
+
+    def step(carry, _):
+        P, state = carry
+        loss, g = jax.value_and_grad(mmd2)(P, Z)
+        upd, state = opt.update(g, state, P)
+        return (optax.apply_updates(P, upd), state), loss
+
+    (P, _), losses = jax.lax.scan(step, (P, opt.init(P)), None, length=steps)
+    return P, losses
+
+
+def _mmd(block, k, key, steps, lr, weight_decay):
     Z = neuron_features(block)
     D = Z.shape[0]
     P0 = Z[jax.random.choice(key, D, (k,), replace=False)]
-    opt = optax.adamw(lr, weight_decay=weight_decay)
-
-    @jax.jit
-    def run(P, Z):
-        def step(carry, _):
-            P, state = carry
-            loss, g = jax.value_and_grad(mmd2)(P, Z)
-            upd, state = opt.update(g, state, P)
-            return (optax.apply_updates(P, upd), state), loss
-        (P, _), _ = jax.lax.scan(step, (P, opt.init(P)), None, length=steps)
-        return P
-
-    P = run(P0, Z)
+    P, _ = _mmd_fit(P0, Z, steps, lr, weight_decay)
     w1, b1, w2 = _split_features(P * math.sqrt(D / k), block.w1.shape[1], block.b1 is not None)
     return DenseMLP(w1, b1, w2, block.b2)
 
