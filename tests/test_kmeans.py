@@ -81,6 +81,11 @@ def test_relocate_empty_moves_farthest_points():
     # clusters 2 and 3 were empty: they get the farthest (1) and second farthest (3) points
     np.testing.assert_array_equal(out, [0, 2, 0, 3, 1, 1])
     np.testing.assert_array_equal(np.asarray(_relocate_empty(jax.numpy.asarray(out), mind, 4)), out)
+    # the farthest point (index 1) is the only member of cluster 1: it must stay there
+    labels = np.array([0, 1, 0, 0, 0, 0], np.int32)
+    out = np.asarray(_relocate_empty(jax.numpy.asarray(labels), jax.numpy.asarray(mind), 4))
+    np.testing.assert_array_equal(out, [0, 1, 0, 2, 0, 3])
+    assert np.bincount(out, minlength=4).min() == 1
 
 
 def test_deterministic_for_a_key():

@@ -11,7 +11,8 @@ reference uses) so that results are comparable:
   ``max_iter`` iterations;
 * ``n_init`` restarts run together (``vmap``) and the lowest inertia wins;
 * empty clusters are re-seeded with the points farthest from their assigned centre
-  (sklearn's rule), so every returned cluster has n_j ≥ 1 (given ≥ k distinct points).
+  (sklearn's rule, except that a cluster's last member is never taken), so every
+  returned cluster has n_j ≥ 1.
 
 Differences from sklearn, on purpose: after the loop we do one last assignment
 (+ empty-cluster re-seeding) **and** one last mean update, so the returned centroids
@@ -100,12 +101,19 @@ def _assign(X, sq, C):
 
 
 def _relocate_empty(labels, mind, k):
-    """Give each empty cluster one of the points farthest from their centre (sklearn's rule)."""
+    """Give each empty cluster one of the points farthest from their centre (sklearn's rule),
+    never taking the last member of a cluster, so no new cluster is emptied: with N ≥ k at
+    least N − (#non-empty) ≥ #empty points are eligible, hence every n_j ≥ 1 afterwards."""
+    N = labels.shape[0]
     counts = jnp.zeros((k,), jnp.int32).at[labels].add(1)
     empty = counts == 0
+    # rank of each point inside its cluster, farthest first; the closest member always stays
+    order = jnp.lexsort((-mind, labels))
+    sl = labels[order]
+    rank_in = jnp.arange(N) - jnp.searchsorted(sl, sl, side="left")
+    eligible = jnp.zeros((N,), bool).at[order].set(rank_in < counts[sl] - 1)
+    far = jnp.argsort(jnp.where(eligible, -mind, jnp.inf))  # stable: deterministic
     rank = jnp.cumsum(empty) - 1
-    far = jnp.argsort(-mind)  # stable: deterministic
-    N = labels.shape[0]
     target = jnp.where(empty, far[jnp.clip(rank, 0, N - 1)], N)  # N = out of range → dropped
     return labels.at[target].set(jnp.arange(k, dtype=jnp.int32), mode="drop")
 
