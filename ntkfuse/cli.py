@@ -1,0 +1,167 @@
+"""Command-line entry points (`ntkfuse-compare`, `python scripts/ntk_compare.py`).
+
+Bad input ends the program with one line on stderr and exit status 2, never a
+traceback: every check runs in `ntkfuse.compare.prepare` before heavy work.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+PROG = "ntk_compare"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Compress MLP blocks with each method and compare parameters, output error and the "
+                    "empirical NTK (vanilla and sign) against the original model. With no arguments: real "
+                    "MiniLM weights, the shipped sentiment sample, layers 2-5 from D=1536 to 384.")
+    a = p.add_argument
+    a("--recipe", help="a Python file whose get_config() returns a dict of settings; flags override it")
+    a("--model", help="'minilm' (default, embedded), a local HF checkpoint directory, or a hub id")
+    a("--methods", help="comma list of methods (default: all of fusion,cluster,sketch,prune,magnitude,svd,mmd)")
+    a("--layers", help="layers to compress: '2-5' or '4,5,6' (default: the last two thirds)")
+    a("--width", type=int, help="compressed MLP width k (default: D/4)")
+    a("--ntk-params", choices=None, help="parameters the NTK differentiates: compressed (default), all-mlps, all")
+    a("--kernel", help="ntk, sign, or both (default both; 'ntk,sign' also works)")
+    a("--n-examples", type=int, help="number of examples (default 32)")
+    a("--max-length", type=int, help="max tokens per example (default 64)")
+    a("--data", help="sample:sentiment | sample:webnlg | a local .tsv/.csv/.jsonl file | a HF dataset "
+                     "'name[/config][:split]' such as glue/sst2 (needs `datasets` and the hub)")
+    a("--seed", type=int, help="PRNG seed (default 0)")
+    a("--output", help="scalar output: class-prob (encoders' default) or target-logprob (GPT-2's default)")
+    a("--class-index", type=int, help="class c of class-prob = softmax(logits)[c] (default 0, as the reference)")
+    a("--reduction", help="target-logprob over target tokens: sum (default) or mean")
+    a("--n-init", type=int, help="k-means restarts for fusion/cluster (default 3; the reference uses 30)")
+    a("--option", action="append", metavar="METHOD.KEY=VALUE",
+      help="a method option, repeatable: e.g. sketch.keep=256, mmd.steps=100, fusion.max_iter=300")
+    a("--reference-protocol", action="store_true", default=None,
+      help="the reference's setup: compress layer 0 only, kernel w.r.t. layer 0's MLP, output error at layer 0")
+    a("--chunk", type=int, help="examples per Jacobian chunk (memory only)")
+    a("--out", help="output directory (default results/ntk_compare/<model>-<config hash>)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--resume", action="store_true",
+                   help="reuse finished methods in --out when the configuration hash matches (the default)")
+    g.add_argument("--fresh", action="store_true", help="recompute everything, overwriting --out")
+    a("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+_FLAG_FIELDS = ("model", "methods", "layers", "width", "ntk_params", "kernel", "n_examples", "max_length", "data",
+                "seed", "output", "class_index", "reduction", "n_init", "reference_protocol", "chunk")
+
+
+def load_recipe(path: str) -> dict:
+    """Settings from a recipe file: a module with `get_config()` returning a dict (keys are
+    CompareConfig fields, plus optional 'out')."""
+    from .compare import CompareConfig, CompareError
+    p = Path(path)
+    if not p.is_file():
+        raise CompareError(f"recipe not found: {p}")
+    spec = importlib.util.spec_from_file_location(f"_ntkfuse_recipe_{p.stem}", p)
+    mod = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(mod)
+    except Exception as e:
+        raise CompareError(f"recipe {p}: cannot be executed ({type(e).__name__}: {e})") from None
+    if not callable(getattr(mod, "get_config", None)):
+        raise CompareError(f"recipe {p}: defines no get_config()")
+    cfg = dict(mod.get_config())
+    known = {f.name for f in dataclasses.fields(CompareConfig)} | {"out"}
+    bad = sorted(set(cfg) - known)
+    if bad:
+        raise CompareError(f"recipe {p}: unknown settings {', '.join(bad)}; known: {', '.join(sorted(known))}")
+    return cfg
+
+
+def build_config(args: argparse.Namespace):
+    """CompareConfig from defaults <- recipe <- flags; returns (config, out)."""
+    from .compare import CompareConfig, parse_layers, parse_list
+    settings = load_recipe(args.recipe) if args.recipe else {}
+    for f in _FLAG_FIELDS:
+        v = getattr(args, f)
+        if v is not None:
+            settings[f] = v
+    out = settings.pop("out", None) if args.out is None else args.out
+    settings.pop("out", None)
+    if "kernel" in settings:
+        k = settings["kernel"]
+        settings["kernel"] = ("ntk", "sign") if k in ("both", "all") else parse_list(k)
+    if "methods" in settings:
+        settings["methods"] = parse_list(settings["methods"])
+    if "layers" in settings and settings["layers"] is not None:
+        settings["layers"] = parse_layers(settings["layers"])
+    if args.option:
+        opts = {k: dict(v) for k, v in dict(settings.get("method_options", {})).items()}
+        for spec in args.option:
+            method, key, value = _parse_option(spec)
+            opts.setdefault(method, {})[key] = value
+        settings["method_options"] = opts
+    return CompareConfig(**settings), out
+
+
+def _parse_option(spec: str):
+    from .compare import CompareError
+    import re
+    m = re.fullmatch(r"\s*([A-Za-z_]+)\.([A-Za-z_]+)\s*=\s*(.*?)\s*", spec)
+    if not m:
+        raise CompareError(f"cannot parse --option {spec!r}: use METHOD.KEY=VALUE, e.g. sketch.keep=256")
+    raw = m.group(3)
+    for conv in (int, float):
+        try:
+            return m.group(1), m.group(2), conv(raw)
+        except ValueError:
+            pass
+    return m.group(1), m.group(2), {"none": None, "true": True, "false": False}.get(raw.lower(), raw)
+
+
+def compare_main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    t0 = time.perf_counter()
+    out = None
+    try:
+        from . import compare
+        config, out = build_config(args)
+        log("loading model and data ...")
+        plan = compare.prepare(config)
+        out = Path(out) if out else compare.default_out_dir(plan)
+        log(compare.describe({"config": plan.resolved(), "data": {
+            "spec": plan.data, "n_examples": int(plan.batch["input_ids"].shape[0]), "tokens": plan.n_tokens},
+            "device": {"platform": _backend(), "kind": _device_kind()}}))
+        log(f"methods: {', '.join(plan.methods)}; results in {out}")
+        result = compare.run(plan, out, progress=not args.no_progress, fresh=args.fresh, log=log)
+        files = compare.write_reports(result, out)
+    except KeyboardInterrupt:
+        where = f"; finished methods are saved in {out}: rerun the same command to resume" if out else ""
+        print(f"{PROG}: interrupted{where}", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as e:  # every ntkfuse input error is a ValueError subclass
+        msg = " ".join(str(e).split()) or type(e).__name__
+        print(f"{PROG}: error: {msg}", file=sys.stderr)
+        return 2
+    print(compare.format_table(result))
+    print(f"\nwall time {time.perf_counter() - t0:.1f} s (this process; reused methods: "
+          f"{', '.join(result['reused']) or 'none'})")
+    print("wrote " + ", ".join(str(f) for f in files.values()))
+    return 0
+
+
+def _backend():
+    import jax
+    return jax.default_backend()
+
+
+def _device_kind():
+    import jax
+    return jax.devices()[0].device_kind
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(compare_main())

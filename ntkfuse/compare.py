@@ -1,0 +1,644 @@
+"""One comparison run: compress chosen MLP blocks with every method and measure what
+each does to parameters, outputs and the empirical NTK (METHOD.md §2-3).
+
+`prepare(config)` checks everything that can be wrong (methods, layers, width, data,
+model, output) before any compression or kernel work and returns a `Plan`;
+`run(plan, out_dir)` does the work. Each method's result is written (atomically) as
+soon as it is done, tagged with the hash of everything that determines it, and is
+reused when a later run has the same hash, so an interrupted run loses nothing: the
+reference kernel is cached the same way. `write_reports` produces CSV, JSON,
+markdown and a PNG plot.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime as _dt
+import hashlib
+import io
+import json
+import math
+import os
+import platform
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import __version__
+from .checkpoints import load
+from .data import DataError, load_examples, make_batch
+from .models import check_batch, count_params, get_mlp
+
+KERNEL_KINDS = ("ntk", "sign")
+NTK_PARAMS = ("compressed", "all-mlps", "all")
+OUTPUTS = ("class-prob", "target-logprob")
+DEFAULT_DATA = {"bert": "sample:sentiment", "roberta": "sample:sentiment", "gpt2": "sample:webnlg"}
+DEFAULT_N_INIT = 3  # reference: 30 restarts; 3 keeps the default run inside 2 minutes on a CPU
+
+
+class CompareError(ValueError):
+    """Bad settings for a comparison run (named, with the valid choices)."""
+
+
+def _methods():
+    from .compress import METHODS
+    return tuple(METHODS)
+
+
+@dataclasses.dataclass(frozen=True)
+class CompareConfig:
+    """Settings of a run. `None` means "the default for this model" (resolved in `prepare`)."""
+    model: str = "minilm"
+    methods: Optional[tuple] = None          # None: every method in ntkfuse.compress.METHODS
+    layers: Optional[tuple] = None           # None: the last two thirds of the layers
+    width: Optional[int] = None              # None: a quarter of the MLP width D
+    ntk_params: str = "compressed"           # compressed | all-mlps | all
+    kernel: tuple = KERNEL_KINDS             # subset of ("ntk", "sign")
+    n_examples: int = 32
+    max_length: int = 64
+    data: Optional[str] = None               # None: sample:sentiment (encoders) / sample:webnlg (GPT-2)
+    seed: int = 0
+    output: Optional[str] = None             # None: class-prob (classifier) / target-logprob (LM)
+    class_index: int = 0                     # class-prob: softmax(logits)[class_index]
+    reduction: str = "sum"                   # target-logprob: sum | mean over target tokens
+    n_init: int = DEFAULT_N_INIT             # k-means restarts (fusion, cluster)
+    reference_protocol: bool = False         # the reference's setup: layer 0 only, kernel w.r.t. its MLP
+    method_options: Mapping = dataclasses.field(default_factory=dict)  # {method: {option: value}}
+    chunk: Optional[int] = None              # examples per Jacobian chunk (memory only; not in the hash)
+
+    def replace(self, **kw) -> "CompareConfig":
+        return dataclasses.replace(self, **kw)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["method_options"] = {k: dict(v) for k, v in dict(self.method_options).items()}
+        return d
+
+
+@dataclasses.dataclass
+class Plan:
+    """A validated run: everything resolved, model and data loaded."""
+    config: CompareConfig
+    methods: tuple
+    layers: tuple
+    width: int
+    data: str
+    output: str
+    output_layer: int
+    cfg: Any
+    params: Any
+    batch: dict
+    n_tokens: int
+    model_path: str
+    config_hash: str
+
+    def resolved(self) -> dict:
+        d = self.config.to_dict()
+        d.update(methods=list(self.methods), layers=list(self.layers), width=self.width, data=self.data,
+                 output=self.output, output_layer=self.output_layer, model_path=self.model_path,
+                 model_config=self.cfg.to_dict())
+        d["kernel"] = list(self.config.kernel)
+        return d
+
+
+# --------------------------------------------------------------------------- parsing helpers
+
+
+def parse_layers(spec) -> tuple:
+    """'2-5' -> (2, 3, 4, 5); '4,5,6' -> (4, 5, 6); '1-2,7' also works; ints pass through."""
+    if spec is None:
+        return None
+    if isinstance(spec, int):
+        return (spec,)
+    if not isinstance(spec, str):
+        return tuple(int(x) for x in spec)
+    out = []
+    for part in spec.replace(" ", "").split(","):
+        m = re.fullmatch(r"(-?\d+)(?:-(\d+))?", part)
+        if not m:
+            raise CompareError(f"cannot parse layers {spec!r}: use e.g. '2-5' or '4,5,6'")
+        a, b = int(m.group(1)), int(m.group(2) or m.group(1))
+        if b < a:
+            raise CompareError(f"layer range {part!r} is empty (end before start)")
+        out.extend(range(a, b + 1))
+    if len(set(out)) != len(out):
+        raise CompareError(f"layers {spec!r} name a layer twice")
+    return tuple(out)
+
+
+def parse_list(spec) -> tuple:
+    if spec is None:
+        return None
+    if isinstance(spec, str):
+        return tuple(s.strip() for s in spec.split(",") if s.strip())
+    return tuple(spec)
+
+
+def default_layers(num_layers: int) -> tuple:
+    """The last two thirds (MiniLM 6 -> 2..5; roberta-base/gpt2 12 -> 4..11, as the paper)."""
+    n = max(1, round(2 * num_layers / 3))
+    return tuple(range(num_layers - n, num_layers))
+
+
+def method_key(seed: int, method: str):
+    """PRNG key of one method: independent of which other methods run and in which order."""
+    return jax.random.fold_in(jax.random.PRNGKey(seed), _methods().index(method))
+
+
+def method_options(config: CompareConfig, method: str) -> dict:
+    opts = {"n_init": config.n_init} if method in ("fusion", "cluster") else {}
+    opts.update(dict(config.method_options).get(method, {}))
+    return opts
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def check_settings(config: CompareConfig) -> tuple:
+    """Checks that need no model: methods, kernels, choices, sizes. Returns the methods."""
+    known = _methods()
+    methods = parse_list(config.methods) or known
+    bad = [m for m in methods if m not in known]
+    if bad:
+        raise CompareError(f"unknown method{'s' if len(bad) > 1 else ''} {', '.join(bad)}; "
+                           f"known: {', '.join(known)}")
+    if len(set(methods)) != len(methods):
+        raise CompareError(f"a method is listed twice in {','.join(methods)}")
+    from .compress import OPTIONS
+    for m, opts in dict(config.method_options).items():
+        if m not in known:
+            raise CompareError(f"options for unknown method {m!r}; known: {', '.join(known)}")
+        bad = sorted(set(opts) - set(OPTIONS[m]))
+        if bad:
+            raise CompareError(f"unknown option{'s' if len(bad) > 1 else ''} {', '.join(bad)} for method {m}; "
+                               f"valid: {', '.join(sorted(OPTIONS[m])) or 'none'}")
+    kinds = parse_list(config.kernel)
+    if not kinds or any(k not in KERNEL_KINDS for k in kinds):
+        raise CompareError(f"unknown kernel {','.join(kinds or ())!r}; choose from ntk, sign (or both)")
+    if config.ntk_params not in NTK_PARAMS:
+        raise CompareError(f"unknown --ntk-params {config.ntk_params!r}; choose from {', '.join(NTK_PARAMS)}")
+    if config.output is not None and config.output not in OUTPUTS:
+        raise CompareError(f"unknown --output {config.output!r}; choose from {', '.join(OUTPUTS)}")
+    if config.reduction not in ("sum", "mean"):
+        raise CompareError(f"unknown reduction {config.reduction!r}; choose sum or mean")
+    for name in ("n_examples", "max_length", "n_init"):
+        v = getattr(config, name)
+        if not isinstance(v, int) or v < 1:
+            raise CompareError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
+    if config.max_length < 2:
+        raise CompareError(f"--max-length must be >= 2, got {config.max_length}")
+    if config.chunk is not None and config.chunk < 1:
+        raise CompareError(f"chunk must be a positive integer, got {config.chunk}")
+    if config.reference_protocol and config.layers is not None and tuple(parse_layers(config.layers)) != (0,):
+        raise CompareError("--reference-protocol compresses layer 0 only; drop --layers or use --layers 0")
+    return methods
+
+
+def _scalar_output(config: CompareConfig, cfg, name: str):
+    from . import ntk
+    if name == "class-prob":
+        if cfg.head != "classifier":
+            raise CompareError(f"--output class-prob needs a classifier head; {cfg.family} has head {cfg.head!r} "
+                               "(use target-logprob)")
+        if not 0 <= config.class_index < cfg.num_labels:
+            raise CompareError(f"class index {config.class_index} out of range 0..{cfg.num_labels - 1}")
+        return ntk.class_prob(config.class_index)
+    if cfg.head != "lm":
+        raise CompareError(f"--output target-logprob needs a language-model head (GPT-2); {cfg.family} has head "
+                           f"{cfg.head!r} (use class-prob)")
+    return ntk.target_logprob(config.reduction)
+
+
+def _selector(plan: "Plan"):
+    from . import ntk
+    if plan.config.ntk_params == "compressed":
+        return ntk.mlp_layers(plan.layers)
+    return ntk.all_mlps() if plan.config.ntk_params == "all-mlps" else ntk.all_params()
+
+
+def prepare(config: CompareConfig, loaded=None) -> Plan:
+    """Validate and resolve `config`, load model and data. Raises CompareError, DataError,
+    CheckpointError (all ValueErrors with one-line messages) before any heavy work."""
+    methods = check_settings(config)
+    # Data first: a bad file should not wait for a model to load.
+    data_spec = config.data
+    if data_spec is not None:
+        examples = load_examples(data_spec, config.n_examples)
+    cfg, params, path, tok = loaded if loaded is not None else load(config.model)
+    if data_spec is None:
+        data_spec = DEFAULT_DATA[cfg.family]
+        examples = load_examples(data_spec, config.n_examples)
+    L, D = cfg.num_layers, cfg.intermediate
+    layers = (0,) if config.reference_protocol else (parse_layers(config.layers) or default_layers(L))
+    bad = [l for l in layers if not 0 <= l < L]
+    if bad:
+        raise CompareError(f"layer{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))} out of range: "
+                           f"the model has layers 0..{L - 1}")
+    layers = tuple(sorted(layers))
+    width = D // 4 if config.width is None else config.width
+    if not isinstance(width, int) or not 1 <= width <= D:
+        raise CompareError(f"width {width!r} out of range: must be between 1 and the MLP width D = {D}")
+    output = config.output or ("target-logprob" if cfg.head == "lm" else "class-prob")
+    _scalar_output(config, cfg, output)
+    batch = make_batch(cfg, tok, examples, config.max_length)
+    try:
+        check_batch(cfg, batch)
+    except ValueError as e:
+        raise DataError(f"{data_spec}: {e}") from None
+    n_tokens = int(np.asarray(batch["attention_mask"]).sum())
+    plan = Plan(config, methods, layers, width, data_spec, output, layers[-1], cfg, params, batch, n_tokens,
+                str(path), "")
+    plan.config_hash = config_hash(plan)
+    return plan
+
+
+def config_hash(plan: Plan) -> str:
+    """Hash of everything that determines a method's numbers (not the method list, not chunk)."""
+    c = plan.config
+    key = {"version": __version__, "model": c.model, "model_config": plan.cfg.to_dict(), "layers": plan.layers,
+           "width": plan.width, "ntk_params": c.ntk_params, "kernel": sorted(parse_list(c.kernel)),
+           "seed": c.seed, "output": plan.output, "class_index": c.class_index, "reduction": c.reduction,
+           "n_init": c.n_init, "reference_protocol": c.reference_protocol,
+           "method_options": {k: dict(v) for k, v in sorted(dict(c.method_options).items())},
+           "output_layer": plan.output_layer}
+    h = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode())
+    for k in sorted(plan.batch):
+        a = np.ascontiguousarray(plan.batch[k])
+        h.update(k.encode() + str(a.shape).encode() + a.tobytes())
+    return h.hexdigest()[:16]
+
+
+def default_out_dir(plan: Plan, root: str | Path = "results/ntk_compare") -> Path:
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(plan.config.model.rstrip("/")).name or "model")
+    return Path(root) / f"{name}-{plan.config_hash[:8]}"
+
+
+# --------------------------------------------------------------------------- atomic files
+
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def atomic_write(path: str | Path, data: bytes | str) -> None:
+    """Write to a temporary file in the same directory, then os.replace: readers never
+    see a partial file, and an interrupted write leaves the old one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file normal permissions
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _json(obj) -> str:
+    return json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n"
+
+
+def _jsonable(x):
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (np.floating,)):
+        return float(x)
+    if isinstance(x, (np.ndarray, jax.Array)):
+        return np.asarray(x).tolist()
+    if isinstance(x, (tuple, set)):
+        return list(x)
+    return str(x)
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+# --------------------------------------------------------------------------- the work
+
+
+def _num_params(tree) -> int:
+    return int(sum(np.size(x) for x in jax.tree_util.tree_leaves(tree)))
+
+
+def _nonzero(tree) -> int:
+    return int(sum(int(jnp.count_nonzero(x)) for x in jax.tree_util.tree_leaves(tree)))
+
+
+def _kernels(plan: Plan, params, scalar, selector) -> dict:
+    from . import ntk
+    kinds = tuple(k for k in KERNEL_KINDS if k in parse_list(plan.config.kernel))
+    ks = ntk.kernels(plan.cfg, params, plan.batch, output=scalar, selector=selector, kinds=kinds,
+                     chunk=plan.config.chunk)
+    return {k: np.asarray(jax.device_get(ks[k]), np.float64) for k in kinds}
+
+
+def reference_kernels(plan: Plan, out_dir: Optional[Path]) -> dict:
+    """Kernels of the uncompressed model, cached in out_dir/reference.npz under the config hash."""
+    cache = out_dir / "reference.npz" if out_dir is not None else None
+    if cache is not None and cache.exists():
+        try:
+            with np.load(cache) as z:
+                if str(z["config_hash"]) == plan.config_hash:
+                    return {k: z[k] for k in z.files if k != "config_hash"}
+        except Exception:
+            pass  # unreadable cache: recompute
+    scalar = _scalar_output(plan.config, plan.cfg, plan.output)
+    ks = _kernels(plan, plan.params, scalar, _selector(plan))
+    if cache is not None:
+        buf = io.BytesIO()
+        np.savez(buf, config_hash=np.asarray(plan.config_hash), **ks)
+        atomic_write(cache, buf.getvalue())
+    return ks
+
+
+def run_method(plan: Plan, method: str, K_ref: dict) -> dict:
+    """Compress with one method and measure it against the original (one result row)."""
+    from . import compress as C
+    from . import ntk
+    cfg, params, layers = plan.cfg, plan.params, plan.layers
+    opts = method_options(plan.config, method)
+    t0 = time.perf_counter()
+    new = C.compress(cfg, params, method, layers, plan.width, method_key(plan.config.seed, method), **opts)
+    jax.block_until_ready(jax.tree_util.tree_leaves(new))
+    t_compress = time.perf_counter() - t0
+    scalar = _scalar_output(plan.config, cfg, plan.output)
+    K_new = _kernels(plan, new, scalar, _selector(plan))
+    t_kernel = time.perf_counter() - t0 - t_compress
+    errs = {f"{k}_{m}": float(v) for k in K_new for m, v in ntk.ntk_error(K_new[k], K_ref[k]).items()}
+    # output_error indexes HF-style hidden states: l + 1 is layer l's output.
+    oe = ntk.output_error(cfg, params, new, [plan.batch], plan.output_layer + 1)
+    total = time.perf_counter() - t0
+    orig_blocks = [get_mlp(params, l) for l in layers]
+    new_blocks = [get_mlp(new, l) for l in layers]
+    row = {
+        "method": method,
+        "options": opts,
+        "mlp_params": sum(count_params(b) for b in new_blocks),
+        "mlp_params_orig": sum(count_params(b) for b in orig_blocks),
+        "mlp_nonzero": _nonzero(new_blocks),
+        "total_params": _num_params(new),
+        "total_params_orig": _num_params(params),
+        "out_err_layer": float(oe["layer"]),
+        "out_err_logits": float(oe["logits"]),
+        **errs,
+        "compress_s": t_compress,
+        "kernel_s": t_kernel,
+        "time_s": total,
+        "block_kinds": sorted({type(b).__name__ for b in new_blocks}),
+        "config_hash": plan.config_hash,
+    }
+    return row
+
+
+def _method_file(out_dir: Path, method: str) -> Path:
+    return out_dir / "methods" / f"{method}.json"
+
+
+def open_out_dir(plan: Plan, out_dir: Path, fresh: bool = False) -> Path:
+    """Create `out_dir` or check that it holds results of the same configuration."""
+    out_dir = Path(out_dir)
+    state = out_dir / "run.json"
+    old = _read_json(state) if state.exists() else None
+    if old is not None and old.get("config_hash") != plan.config_hash:
+        if not fresh:
+            raise CompareError(f"{out_dir} holds results of a different configuration (hash "
+                               f"{old.get('config_hash')}, this run {plan.config_hash}); choose another --out or "
+                               "pass --fresh to overwrite them")
+    if fresh:
+        for f in list((out_dir / "methods").glob("*.json")) + [out_dir / "reference.npz"]:
+            if f.exists():
+                f.unlink()
+    elif out_dir.exists() and any(out_dir.iterdir()) and old is None:
+        raise CompareError(f"{out_dir} exists and is not an ntk_compare result directory; choose another --out")
+    atomic_write(state, _json({"config_hash": plan.config_hash, "config": plan.resolved()}))
+    return out_dir
+
+
+def run(plan: Plan, out_dir: Optional[Path] = None, *, progress: bool = True, fresh: bool = False,
+        log: Callable[[str], None] = lambda s: None) -> dict:
+    """Run every method of `plan` (reusing finished ones from `out_dir`); returns the result
+    dict that `write_reports` writes. `out_dir=None` keeps everything in memory."""
+    from tqdm.auto import tqdm
+    if out_dir is not None:
+        out_dir = open_out_dir(plan, Path(out_dir), fresh)
+    started = time.perf_counter()
+    t0 = time.perf_counter()
+    log(f"reference kernels ({', '.join(parse_list(plan.config.kernel))}) of the original model ...")
+    K_ref = reference_kernels(plan, out_dir)
+    ref_s = time.perf_counter() - t0
+    rows, reused = [], []
+    bar = tqdm(plan.methods, desc="methods", unit="method", disable=not progress, leave=False)
+    for method in bar:
+        bar.set_postfix_str(method)
+        f = _method_file(out_dir, method) if out_dir is not None else None
+        row = _read_json(f) if f is not None and f.exists() else None
+        if row is not None and row.get("config_hash") == plan.config_hash:
+            reused.append(method)
+        else:
+            row = run_method(plan, method, K_ref)
+            if f is not None:
+                atomic_write(f, _json(row))
+        rows.append(row)
+    bar.close()
+    if reused:
+        log(f"reused finished results from {out_dir}/methods: {', '.join(reused)}")
+    ref_norm = {k: float(np.linalg.norm(v)) for k, v in K_ref.items()}
+    return {
+        "tool": "ntk_compare",
+        "config_hash": plan.config_hash,
+        "config": plan.resolved(),
+        "data": {"spec": plan.data, "n_examples": int(plan.batch["input_ids"].shape[0]),
+                 "padded_length": int(plan.batch["input_ids"].shape[1]), "tokens": plan.n_tokens},
+        "reference": {"kernel_fro_norm": ref_norm, "kernel_size": int(next(iter(K_ref.values())).shape[0]),
+                      "time_s": ref_s},
+        "results": rows,
+        "reused": reused,
+        "versions": {"ntkfuse": __version__, "jax": jax.__version__, "numpy": np.__version__,
+                     "python": platform.python_version()},
+        "device": {"platform": jax.default_backend(), "kind": jax.devices()[0].device_kind,
+                   "count": jax.device_count()},
+        "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "wall_s": time.perf_counter() - started,
+    }
+
+
+# --------------------------------------------------------------------------- reports
+
+COLUMNS = [  # (key in a row, CSV header)
+    ("method", "method"), ("mlp_params", "mlp_params"), ("mlp_params_orig", "mlp_params_orig"),
+    ("mlp_nonzero", "mlp_nonzero"), ("total_params", "total_params"), ("total_params_orig", "total_params_orig"),
+    ("out_err_layer", "out_err_layer"), ("out_err_logits", "out_err_logits"), ("ntk_abs", "ntk_abs"),
+    ("ntk_rel", "ntk_rel"), ("sign_abs", "sign_abs"), ("sign_rel", "sign_rel"), ("compress_s", "compress_s"),
+    ("kernel_s", "kernel_s"), ("time_s", "time_s"),
+]
+
+
+def _fmt_count(n) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else (f"{n / 1e3:.1f}k" if n >= 1e3 else str(n))
+
+
+def _fmt(x, digits=4) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:.{digits}g}" if abs(x) < 1e4 else f"{x:.3e}"
+
+
+def table_rows(result: dict) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of the human table (shared by the console, markdown and analysis/render.py)."""
+    c = result["config"]
+    kinds = [k for k in KERNEL_KINDS if k in c["kernel"]]
+    layer = c.get("output_layer", c["layers"][-1])
+    head = ["method", f"MLP params (layers {_layer_str(c['layers'])})", "total params",
+            f"out err L{layer}", "out err logits"]
+    for k in kinds:
+        name = "NTK" if k == "ntk" else "sign NTK"
+        head += [f"{name} abs", f"{name} rel"]
+    head += ["time s"]
+    cells = []
+    for r in result["results"]:
+        frac = r["mlp_params"] / r["mlp_params_orig"] if r["mlp_params_orig"] else float("nan")
+        mlp = f"{_fmt_count(r['mlp_params'])} ({100 * frac:.1f}%)"
+        if r.get("mlp_nonzero") is not None and r["mlp_nonzero"] < 0.99 * r["mlp_params"]:
+            mlp += f", nnz {_fmt_count(r['mlp_nonzero'])}"
+        tot = f"{_fmt_count(r['total_params'])} ({100 * r['total_params'] / r['total_params_orig']:.1f}%)"
+        row = [r["method"], mlp, tot, _fmt(r["out_err_layer"]), _fmt(r["out_err_logits"])]
+        for k in kinds:
+            row += [_fmt(r.get(f"{k}_abs")), _fmt(r.get(f"{k}_rel"))]
+        row += [f"{r['time_s']:.1f}"]
+        cells.append(row)
+    return head, cells
+
+
+def _layer_str(layers) -> str:
+    layers = list(layers)
+    if len(layers) > 1 and layers == list(range(layers[0], layers[-1] + 1)):
+        return f"{layers[0]}-{layers[-1]}"
+    return ",".join(map(str, layers))
+
+
+def format_table(result: dict, markdown: bool = False) -> str:
+    head, cells = table_rows(result)
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+        lines += ["| " + " | ".join(r) + " |" for r in cells]
+        return "\n".join(lines)
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(head)]
+    fmt = lambda r: "  ".join(x.rjust(w) if i else x.ljust(w) for i, (x, w) in enumerate(zip(r, widths)))  # noqa
+    return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in cells])
+
+
+def describe(result: dict) -> str:
+    """One paragraph stating what was measured (model, data, sizes, output, k-means restarts)."""
+    c, d = result["config"], result["data"]
+    mc = c["model_config"]
+    scalar = (f"softmax(logits)[{c['class_index']}]" if c["output"] == "class-prob"
+              else f"log-prob of the target tokens ({c['reduction']})")
+    sel = {"compressed": f"the MLP params of layers {_layer_str(c['layers'])}", "all-mlps": "every MLP's params",
+           "all": "all params"}[c["ntk_params"]]
+    return (f"model {c['model']} ({mc['family']}, {mc['num_layers']} layers, d={mc['hidden']}, "
+            f"D={mc['intermediate']}); layers {_layer_str(c['layers'])} compressed to width {c['width']}"
+            f"{' (reference protocol)' if c['reference_protocol'] else ''}; data {d['spec']}: {d['n_examples']} "
+            f"examples, max length {c['max_length']} ({d['tokens']} tokens); scalar output {scalar}; NTK w.r.t. "
+            f"{sel}; k-means n_init={c['n_init']} (reference 30); seed {c['seed']}; output error = mean over "
+            f"tokens of the L2 distance at layer {c['output_layer']}'s output and at the logits; device "
+            f"{result['device']['platform']} ({result['device']['kind']}).")
+
+
+def write_csv(result: dict) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow([h for _, h in COLUMNS])
+    for r in result["results"]:
+        w.writerow(["" if r.get(k) is None else r.get(k) for k, _ in COLUMNS])
+    return buf.getvalue()
+
+
+def write_markdown(result: dict) -> str:
+    return (f"# NTK comparison: {result['config']['model']}\n\n{describe(result)}\n\n"
+            f"{format_table(result, markdown=True)}\n\n"
+            f"Errors are against the uncompressed model on the same inputs; NTK errors are "
+            f"‖K'−K‖_F (abs) and ‖K'−K‖_F/‖K‖_F (rel). Run {result['timestamp']}, config hash "
+            f"{result['config_hash']}, wall time {result['wall_s']:.1f} s.\n")
+
+
+def plot(results: Sequence[dict], path: Optional[str | Path] = None, labels: Optional[Sequence[str]] = None):
+    """Bar charts (one panel per measure, one bar group per method, one colour per run).
+    Returns PNG bytes and, when `path` is given, writes them atomically."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    kinds = [k for k in KERNEL_KINDS if any(k in r["config"]["kernel"] for r in results)]
+    panels = [(f"{k}_rel", "relative NTK error" if k == "ntk" else "relative sign-NTK error") for k in kinds]
+    panels += [("out_err_layer", "output error (last compressed layer)"), ("out_err_logits", "output error (logits)")]
+    methods = []
+    for r in results:
+        methods += [row["method"] for row in r["results"] if row["method"] not in methods]
+    labels = list(labels) if labels else [r["config"]["model"] for r in results]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4))
+    axes = np.atleast_1d(axes)
+    width = 0.8 / max(1, len(results))
+    x = np.arange(len(methods))
+    for ax, (key, title) in zip(axes, panels):
+        for j, r in enumerate(results):
+            by = {row["method"]: row for row in r["results"]}
+            vals = [by[m].get(key, np.nan) if m in by else np.nan for m in methods]
+            ax.bar(x + (j - (len(results) - 1) / 2) * width, vals, width, label=labels[j])
+        finite = [v for r in results for row in r["results"] for v in [row.get(key)]
+                  if v is not None and np.isfinite(v) and v > 0]
+        if finite and max(finite) / min(finite) > 100:  # one method far off: keep the others readable
+            ax.set_yscale("log")
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks(x, methods, rotation=45, ha="right", fontsize=8)
+        ax.tick_params(axis="y", labelsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    if len(results) > 1:
+        axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    if path is not None:
+        atomic_write(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def write_reports(result: dict, out_dir: str | Path) -> dict:
+    """results.json, results.csv, results.md, ntk_compare.png in `out_dir` (atomic each)."""
+    out_dir = Path(out_dir)
+    files = {"json": out_dir / "results.json", "csv": out_dir / "results.csv", "md": out_dir / "results.md",
+             "png": out_dir / "ntk_compare.png"}
+    atomic_write(files["json"], _json(result))
+    atomic_write(files["csv"], write_csv(result))
+    atomic_write(files["md"], write_markdown(result))
+    plot([result], files["png"])
+    return files
+
+
+def load_result(path: str | Path) -> dict:
+    """A results.json (or the directory holding one)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "results.json"
+    r = _read_json(p)
+    if not isinstance(r, dict) or r.get("tool") != "ntk_compare":
+        raise CompareError(f"{p}: not an ntk_compare results.json")
+    return r
+
+
+__all__ = ["CompareConfig", "CompareError", "Plan", "prepare", "run", "run_method", "reference_kernels",
+           "write_reports", "format_table", "table_rows", "describe", "plot", "load_result", "parse_layers",
+           "parse_list", "default_layers", "method_key", "method_options", "config_hash", "default_out_dir",
+           "atomic_write", "KERNEL_KINDS", "NTK_PARAMS", "OUTPUTS", "DEFAULT_DATA", "DEFAULT_N_INIT"]
