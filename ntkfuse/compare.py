@@ -4,7 +4,7 @@ each does to parameters, outputs and the empirical NTK (METHOD.md §2-3).
 `prepare(config)` checks everything that can be wrong (methods, layers, width, data,
 model, output) before any compression or kernel work and returns a `Plan`;
 `run(plan, out_dir)` does the work. Each method's result is written (atomically) as
-soon as it is done, tagged with the hash of everything that determines it, and is
+soon as it is done, tagged with a hash of everything that determines it, and is
 reused when a later run has the same hash, so an interrupted run loses nothing: the
 reference kernel is cached the same way. `write_reports` produces CSV, JSON,
 markdown and a PNG plot.
@@ -259,19 +259,25 @@ def prepare(config: CompareConfig, loaded=None) -> Plan:
 
 
 def config_hash(plan: Plan) -> str:
-    """Hash of everything that determines a method's numbers (not the method list, not chunk)."""
+    """Hash of everything that determines the reference kernel and every method's inputs
+    (not the method list, not method options, not chunk); see `method_hash`."""
     c = plan.config
     key = {"version": __version__, "model": c.model, "model_config": plan.cfg.to_dict(), "layers": plan.layers,
            "width": plan.width, "ntk_params": c.ntk_params, "kernel": sorted(parse_list(c.kernel)),
            "seed": c.seed, "output": plan.output, "class_index": c.class_index, "reduction": c.reduction,
-           "n_init": c.n_init, "reference_protocol": c.reference_protocol,
-           "method_options": {k: dict(v) for k, v in sorted(dict(c.method_options).items())},
-           "output_layer": plan.output_layer}
+           "reference_protocol": c.reference_protocol, "output_layer": plan.output_layer}
     h = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode())
     for k in sorted(plan.batch):
         a = np.ascontiguousarray(plan.batch[k])
         h.update(k.encode() + str(a.shape).encode() + a.tobytes())
     return h.hexdigest()[:16]
+
+
+def method_hash(plan: Plan, method: str) -> str:
+    """Tag of one method's row: the run's hash plus that method's options (so changing
+    --n-init recomputes fusion and cluster only)."""
+    key = json.dumps([plan.config_hash, method, method_options(plan.config, method)], sort_keys=True, default=str)
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def default_out_dir(plan: Plan, root: str | Path = "results/ntk_compare") -> Path:
@@ -398,7 +404,7 @@ def run_method(plan: Plan, method: str, K_ref: dict) -> dict:
         "kernel_s": t_kernel,
         "time_s": total,
         "block_kinds": sorted({type(b).__name__ for b in new_blocks}),
-        "config_hash": plan.config_hash,
+        "method_hash": method_hash(plan, method),
     }
     return row
 
@@ -445,7 +451,7 @@ def run(plan: Plan, out_dir: Optional[Path] = None, *, progress: bool = True, fr
         bar.set_postfix_str(method)
         f = _method_file(out_dir, method) if out_dir is not None else None
         row = _read_json(f) if f is not None and f.exists() else None
-        if row is not None and row.get("config_hash") == plan.config_hash:
+        if row is not None and row.get("method_hash") == method_hash(plan, method):
             reused.append(method)
         else:
             row = run_method(plan, method, K_ref)
@@ -640,5 +646,5 @@ def load_result(path: str | Path) -> dict:
 
 __all__ = ["CompareConfig", "CompareError", "Plan", "prepare", "run", "run_method", "reference_kernels",
            "write_reports", "format_table", "table_rows", "describe", "plot", "load_result", "parse_layers",
-           "parse_list", "default_layers", "method_key", "method_options", "config_hash", "default_out_dir",
+           "parse_list", "default_layers", "method_key", "method_options", "config_hash", "method_hash", "default_out_dir",
            "atomic_write", "KERNEL_KINDS", "NTK_PARAMS", "OUTPUTS", "DEFAULT_DATA", "DEFAULT_N_INIT"]

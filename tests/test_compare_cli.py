@@ -131,6 +131,12 @@ def test_cli_end_to_end_tiny_roberta_and_resume(tiny_models, tmp_path, capsys, m
     assert rc == 0, err
     assert "reused methods: fusion)" in stdout
     _check_outputs(out, ["fusion", "sketch"])
+    # Changing one method's options recomputes that method only.
+    rc, stdout, err = _cli(capsys, *_tiny_args(tiny_models["roberta"], out, "fusion,sketch", "--option",
+                                                "sketch.keep=4"))
+    assert rc == 0, err
+    assert "reused methods: fusion)" in stdout
+    assert json.loads((out / "methods" / "sketch.json").read_text())["options"] == {"keep": 4}
 
     # A different configuration in the same directory is refused (unless --fresh).
     rc, _, err = _cli(capsys, *_tiny_args(tiny_models["roberta"], out, "prune", "--seed", "1"))
