@@ -74,6 +74,13 @@ def parse_args(argv=None):
     p.add_argument("--max-tokens", type=int, default=None, help="cap on collected tokens")
     p.add_argument("--n-init", type=int, default=4, help="k-means restarts for fusion (reference: 30)")
     p.add_argument("--ntk-examples", type=int, default=16, help="examples in the NTK (0: skip NTK)")
+    p.add_argument("--plan-widths", default="",
+                   help="e.g. 96,192,384,768: also measure singleton sensitivity (one layer replaced by "
+                        "--plan-method at each width) and allocate widths under --plan-budget")
+    p.add_argument("--plan-method", default="prune", help="one-shot method for the sensitivity sweep")
+    p.add_argument("--plan-budget", type=float, default=0.5,
+                   help="budget as a fraction of the chosen layers' original MLP parameters")
+    p.add_argument("--plan-metric", default="kl", choices=("kl", "output_error", "logit_error"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/fit_surrogates")
     p.add_argument("--no-progress", action="store_true")
@@ -106,6 +113,20 @@ def check_args(a, cfg, methods):
         raise UsageError("--ntk-examples and --checkpoint-every must be >= 0")
     if not 0 < a.holdout < 1:
         raise UsageError("--holdout must be in (0, 1)")
+    plan_widths = []
+    if a.plan_widths:
+        try:
+            plan_widths = [int(w) for w in a.plan_widths.split(",") if w.strip()]
+        except ValueError:
+            raise UsageError(f"--plan-widths {a.plan_widths!r}: expected integers, e.g. 96,192,384") from None
+        if not plan_widths or not all(1 <= w < cfg.intermediate for w in plan_widths):
+            raise UsageError(f"--plan-widths must be in 1..{cfg.intermediate - 1}")
+        if a.plan_method not in methods or a.plan_method == "magnitude":
+            raise UsageError(f"--plan-method {a.plan_method!r}; valid: "
+                             f"{', '.join(m for m in methods if m != 'magnitude')}")
+        if not 0 < a.plan_budget <= 1:
+            raise UsageError("--plan-budget must be in (0, 1]")
+    a.plan_widths_list = plan_widths
     return layers, kinds
 
 
@@ -190,7 +211,8 @@ def run(a) -> int:
                 m[f"{kind}_abs"], m[f"{kind}_rel"] = e["abs"], e["rel"]
         return m
 
-    args_sig = {k: v for k, v in vars(a).items() if k not in ("out", "no_progress", "kinds")}
+    args_sig = {k: v for k, v in vars(a).items() if k not in ("out", "no_progress", "kinds")
+                and not k.startswith("plan_")}
     parts_dir = os.path.join(a.out, "parts")
     os.makedirs(parts_dir, exist_ok=True)
     results = []
@@ -236,6 +258,9 @@ def run(a) -> int:
               f"output err {before['output_error']:.4f} -> {after['output_error']:.4f}; "
               f"steps {steps}, fit {t_fit:.1f}s", flush=True)
 
+    if a.plan_widths_list:
+        allocate(a, cfg, params, batches, layers)
+
     meta = {"model": a.model, "data": a.data, "examples": len(examples), "tokens": int(X.shape[1]),
             "heldout_tokens": int(len(ho)), "layers": layers, "width": a.width, "rank": a.rank,
             "fit": dataclasses.asdict(fc), "ntk_examples": a.ntk_examples, "ntk_output": "class_prob(0)",
@@ -247,6 +272,33 @@ def run(a) -> int:
     plot(a.out, results)
     print(open(os.path.join(a.out, "results.md")).read())
     return 0
+
+
+def allocate(a, cfg, params, batches, layers):
+    """Singleton sensitivity sweep, then greedy and knapsack width plans (plan.json / plan.md)."""
+    import jax
+    import ntkfuse
+    from ntkfuse.surrogate import greedy, knapsack, layer_sensitivity, sensitivity_options
+    t0 = time.time()
+    opts = {"n_init": a.n_init} if a.plan_method in ("fusion", "cluster") else {}
+    rows = layer_sensitivity(cfg, params, batches, layers, a.plan_widths_list, method=a.plan_method,
+                             key=jax.random.PRNGKey(a.seed), **opts)
+    options = sensitivity_options(cfg, params, rows, metric=a.plan_metric)
+    full = sum(ntkfuse.models.count_params(ntkfuse.get_mlp(params, l)) for l in layers)
+    budget = int(a.plan_budget * full)
+    plans = {name: solver(options, budget) for name, solver in (("greedy", greedy), ("knapsack", knapsack))}
+    out = {"method": a.plan_method, "metric": a.plan_metric, "budget": budget, "full_params": full,
+           "sensitivity": rows, "plans": {k: p.to_dict() for k, p in plans.items()}, "seconds": time.time() - t0}
+    write_atomic(os.path.join(a.out, "plan.json"), json.dumps(out, indent=1))
+    md = [f"## Width plans: {a.plan_method}, metric {a.plan_metric}, budget {budget} of {full} MLP params", "",
+          "Singleton sensitivity (one layer replaced at a time):", "",
+          "| layer | width | params | kl | output_error | logit_error |", "|---:|---:|---:|---:|---:|---:|"]
+    md += [f"| {r['layer']} | {r['width']} | {r['params']} | {r['kl']:.4g} | {r['output_error']:.4g} | "
+           f"{r['logit_error']:.4g} |" for r in rows]
+    for name, p in plans.items():
+        md += ["", f"### {name}", "", p.table(options)]
+    write_atomic(os.path.join(a.out, "plan.md"), "\n".join(md) + "\n")
+    print("\n".join(md), flush=True)
 
 
 def write_tables(out, results):

@@ -7,6 +7,7 @@ memory; `collect_pairs` concatenates up to a token budget (a bounded buffer).
 """
 from __future__ import annotations
 
+import functools
 from typing import Iterable, Iterator, Optional, Sequence
 
 import jax
@@ -31,6 +32,7 @@ def check_layers(cfg: ModelConfig, layers: Sequence[int]) -> tuple:
     return layers
 
 
+@functools.lru_cache(maxsize=16)
 def _collect_fn(cfg: ModelConfig, layers: tuple):
     def fn(params, batch):
         out = forward(cfg, params, batch, collect=True)
