@@ -163,7 +163,7 @@ def test_adamw_update_trains_centroids_not_counts():
     counts = p["layers"][0]["mlp"].counts
     batch = {"input_ids": jnp.array([[0, 5, 6, 7, 2]]), "attention_mask": jnp.ones((1, 5), jnp.int32)}
     loss = lambda q: jnp.sum(ntkfuse.forward(cfg, q, batch).logits ** 2)
-    g = jax.grad(loss)(p)
+    g = jax.jit(jax.grad(loss))(p)
     gm = g["layers"][0]["mlp"]
     assert isinstance(gm, FusedMLP) and gm.counts == counts
     assert all(np.shape(x) != (len(counts),) or x.shape == gm.b1.shape for x in jax.tree_util.tree_leaves(gm))
