@@ -190,3 +190,21 @@ def test_sensitivity_feeds_allocation(tiny):
     # a budget between the two widths must pick the narrow one; a full budget the original block
     assert knapsack(opts, by[(0, 32)]["params"] - 1).widths == {0: 8}
     assert knapsack(opts, full).widths == greedy(opts, full).widths == {0: CFG.intermediate}
+
+
+def test_next_token_kl_over_non_pad_tokens_matches_float64():
+    cfg = ModelConfig(family="gpt2", vocab_size=50, hidden=16, intermediate=64, num_layers=2, num_heads=2,
+                      max_positions=16, activation="gelu_tanh", head="lm", type_vocab_size=0)
+    p = ntkfuse.init_params(cfg, jax.random.PRNGKey(0))
+    new = ntkfuse.replace_mlps(p, {1: compress_block(ntkfuse.get_mlp(p, 1), "prune", 8, jax.random.PRNGKey(0))})
+    ids = np.random.default_rng(0).integers(0, 50, (4, 10)).astype(np.int32)
+    mask = np.ones_like(ids)
+    mask[:, 7:] = 0
+    mask[0, 4:] = 0
+    b = {"input_ids": ids, "attention_mask": mask}
+    from ntkfuse.surrogate import output_kl
+    la, lc = (np.asarray(ntkfuse.forward(cfg, q, b).logits, np.float64) for q in (p, new))
+    la, lc = (x - np.log(np.exp(x).sum(-1, keepdims=True)) for x in (la, lc))
+    kl = (np.exp(la) * (la - lc)).sum(-1)
+    assert output_kl(cfg, p, new, [b]) == pytest.approx((kl * mask).sum() / mask.sum(), rel=1e-2)
+    assert output_kl(cfg, p, p, [b]) == 0.0

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..models import DenseMLP
+from ..models import DenseMLP, LinearMLP
 from .linear import fit_ridge, low_rank_from_linear
 
 KINDS = ("linear", "linear_sgd", "low_rank_linear", "bottleneck")
@@ -52,7 +52,7 @@ def init_surrogates(kind: str, teachers: Sequence, key, *, width: Optional[int] 
         return [low_rank_from_linear(b, rank) for b in lin]
     if kind == "linear_sgd":
         dim = d if d is not None else np.shape(x)[-1]
-        return [__import__("ntkfuse").LinearMLP(jnp.zeros((dim, dim)), jnp.zeros((dim,))) for _ in range(L)]
+        return [LinearMLP(jnp.zeros((dim, dim)), jnp.zeros((dim,))) for _ in range(L)]
     if width is None or width < 1:
         raise SurrogateError(f"bottleneck surrogates need a positive width, got {width}")
     if method == "random":
