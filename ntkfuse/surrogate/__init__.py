@@ -7,7 +7,7 @@ from __future__ import annotations
 from .allocation import AllocationError, Option, Plan, greedy, knapsack, options_from_sensitivity
 from .build import KINDS, SurrogateError, init_surrogates, random_bottleneck
 from .collect import CollectError, batches_from_texts, check_layers, collect_pairs, iter_pairs
-from .fit import FitConfig, FitError, FitResult, evaluate_blocks, fit_blocks, stack_blocks, unstack_blocks
+from .fit import FitConfig, FitError, FitResult, evaluate_blocks, fit_blocks, fit_grouped, stack_blocks, unstack_blocks
 from .linear import RidgeStats, fit_ridge, low_rank_from_linear
 from .sensitivity import SensitivityError, layer_sensitivity, output_kl, replace_one, sensitivity_options
 from .tuning import TuneConfig, TuneError, hidden_loss, layerwise_tune
@@ -15,6 +15,6 @@ from .tuning import TuneConfig, TuneError, hidden_loss, layerwise_tune
 __all__ = ["AllocationError", "Option", "Plan", "greedy", "knapsack", "options_from_sensitivity", "KINDS",
            "SurrogateError", "init_surrogates", "random_bottleneck", "CollectError", "batches_from_texts",
            "check_layers", "collect_pairs", "iter_pairs", "FitConfig", "FitError", "FitResult", "evaluate_blocks",
-           "fit_blocks", "stack_blocks", "unstack_blocks", "RidgeStats", "fit_ridge", "low_rank_from_linear",
+           "fit_blocks", "fit_grouped", "stack_blocks", "unstack_blocks", "RidgeStats", "fit_ridge", "low_rank_from_linear",
            "SensitivityError", "layer_sensitivity", "output_kl", "replace_one", "sensitivity_options",
            "TuneConfig", "TuneError", "hidden_loss", "layerwise_tune"]

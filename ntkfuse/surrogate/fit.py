@@ -334,3 +334,30 @@ def evaluate_blocks(blocks: Sequence, x, y, activation: str = "gelu", loss: str 
         raise FitError(f"unknown loss {loss!r}; valid: {', '.join(LOSSES)}")
     return np.array([float(_block_loss(b, jnp.asarray(x[i]), jnp.asarray(y[i]), activation, loss))
                      for i, b in enumerate(blocks)])
+
+
+def _group_key(block):
+    leaves = jax.tree.leaves(DenseMLP(block.w1, block.b1, block.w2, block.b2) if isinstance(block, FusedMLP) else block)
+    return type(block).__name__, str(jax.tree.structure(block) if not isinstance(block, FusedMLP) else "fused"), \
+        tuple(tuple(x.shape) for x in leaves)
+
+
+def fit_grouped(blocks: Sequence, x, y, fc: FitConfig = FitConfig(), activation: str = "gelu", *,
+                checkpoint_dir: Optional[str] = None) -> tuple[list, dict]:
+    """`fit_blocks` for blocks of mixed kinds/widths (e.g. a width plan from `knapsack`):
+    layers are grouped by (kind, shapes), each group fitted stacked (checkpoints under
+    `checkpoint_dir/group<i>`). Returns (fitted blocks in input order, {group: FitResult})."""
+    x, y = np.asarray(x), np.asarray(y)
+    if x.ndim != 3 or x.shape[0] != len(blocks):
+        raise FitError(f"{len(blocks)} blocks but data of shape {x.shape}")
+    groups: dict = {}
+    for i, b in enumerate(blocks):
+        groups.setdefault(_group_key(b), []).append(i)
+    out, results = [None] * len(blocks), {}
+    for g, idx in enumerate(groups.values()):
+        ck = None if checkpoint_dir is None else os.path.join(checkpoint_dir, f"group{g}")
+        res = fit_blocks([blocks[i] for i in idx], x[idx], y[idx], fc, activation, checkpoint_dir=ck)
+        for i, b in zip(idx, res.blocks):
+            out[i] = b
+        results[tuple(idx)] = res
+    return out, results
