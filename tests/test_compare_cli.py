@@ -295,3 +295,15 @@ def test_unloadable_model_one_line_error(tmp_path, capsys, no_heavy_work):
     (tmp_path / "broken" / "config.json").write_text("{not json")
     rc, _, err = _cli(capsys, "--model", tmp_path / "broken", "--out", tmp_path / "o")
     assert rc == 2 and "not valid JSON" in err
+
+
+def test_reference_protocol_compresses_layer0_only(tiny_models, tmp_path, capsys):
+    out = tmp_path / "refp"
+    rc, stdout, err = _cli(capsys, "--model", tiny_models["roberta"], "--methods", "prune", "--width", "16",
+                           "--n-examples", "6", "--max-length", "16", "--reference-protocol", "--out", out)
+    assert rc == 0, err
+    res = json.loads((out / "results.json").read_text())
+    c, row = res["config"], res["results"][0]
+    assert (c["layers"], c["output_layer"], c["ntk_params"]) == ([0], 0, "compressed")
+    assert row["mlp_params_orig"] == 2 * 32 * 64 + 64 + 32 and row["mlp_params"] == 2 * 32 * 16 + 16 + 32
+    assert "out err L0" in stdout
