@@ -87,40 +87,36 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def check_args(a, cfg, methods):
-    layers = parse_layers(a.layers)
-    if not layers:
-        raise UsageError("--layers is empty")
-    bad = [l for l in layers if not 0 <= l < cfg.num_layers]
-    if bad:
-        raise UsageError(f"--layers {bad} out of range: the model has layers 0..{cfg.num_layers - 1}")
-    if len(set(layers)) != len(layers):
-        raise UsageError(f"--layers has duplicates: {layers}")
-    if not 1 <= a.width < cfg.intermediate:
-        raise UsageError(f"--width must be in 1..{cfg.intermediate - 1} (the MLP width is {cfg.intermediate})")
-    if not 1 <= a.rank <= cfg.hidden:
-        raise UsageError(f"--rank must be in 1..{cfg.hidden}")
+def check_args(a, methods):
+    """Checks that need no model: run before anything heavy."""
     kinds = [k.strip() for k in a.kinds.split(",") if k.strip()]
     valid = ["linear", "linear_sgd", "low_rank_linear", "bottleneck-random"] + [f"bottleneck-{m}" for m in methods
                                                                                if m != "magnitude"]
     unknown = [k for k in kinds if k not in valid]
     if unknown or not kinds:
         raise UsageError(f"--kinds: unknown {unknown or '(none given)'}; valid: {', '.join(valid)}")
-    for name in ("steps", "batch_size", "eval_every", "max_length", "n_init"):
+    for name in ("steps", "batch_size", "eval_every", "max_length", "n_init", "width", "rank"):
         if getattr(a, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
-    if a.ntk_examples < 0 or a.checkpoint_every < 0:
-        raise UsageError("--ntk-examples and --checkpoint-every must be >= 0")
+    if a.ntk_examples < 0 or a.checkpoint_every < 0 or a.patience < 0:
+        raise UsageError("--ntk-examples, --checkpoint-every and --patience must be >= 0")
     if not 0 < a.holdout < 1:
         raise UsageError("--holdout must be in (0, 1)")
+    if a.lr <= 0:
+        raise UsageError("--lr must be > 0")
+    layers = parse_layers(a.layers)
+    if not layers:
+        raise UsageError("--layers is empty")
+    if len(set(layers)) != len(layers):
+        raise UsageError(f"--layers has duplicates: {layers}")
     plan_widths = []
     if a.plan_widths:
         try:
             plan_widths = [int(w) for w in a.plan_widths.split(",") if w.strip()]
         except ValueError:
             raise UsageError(f"--plan-widths {a.plan_widths!r}: expected integers, e.g. 96,192,384") from None
-        if not plan_widths or not all(1 <= w < cfg.intermediate for w in plan_widths):
-            raise UsageError(f"--plan-widths must be in 1..{cfg.intermediate - 1}")
+        if not plan_widths or min(plan_widths) < 1:
+            raise UsageError("--plan-widths must be positive integers")
         if a.plan_method not in methods or a.plan_method == "magnitude":
             raise UsageError(f"--plan-method {a.plan_method!r}; valid: "
                              f"{', '.join(m for m in methods if m != 'magnitude')}")
@@ -128,6 +124,22 @@ def check_args(a, cfg, methods):
             raise UsageError("--plan-budget must be in (0, 1]")
     a.plan_widths_list = plan_widths
     return layers, kinds
+
+
+def check_model_args(a, cfg, layers):
+    """Checks against the loaded model's shapes."""
+    bad = [l for l in layers if not 0 <= l < cfg.num_layers]
+    if bad:
+        raise UsageError(f"--layers {bad} out of range: the model has layers 0..{cfg.num_layers - 1}")
+    if a.width >= cfg.intermediate:
+        raise UsageError(f"--width must be in 1..{cfg.intermediate - 1} (the MLP width is {cfg.intermediate})")
+    if a.rank > cfg.hidden:
+        raise UsageError(f"--rank must be in 1..{cfg.hidden}")
+    if any(w >= cfg.intermediate for w in a.plan_widths_list):
+        raise UsageError(f"--plan-widths must be in 1..{cfg.intermediate - 1}")
+    if cfg.head != "classifier":
+        raise UsageError("this script measures NTKs of a classifier's class probability; the model's head is "
+                         f"{cfg.head!r}")
 
 
 def write_atomic(path, data: str | bytes):
@@ -169,21 +181,22 @@ def run(a) -> int:
     from ntkfuse.surrogate import FitConfig, collect_pairs, fit_blocks, init_surrogates
     from ntkfuse.surrogate.fit import _split
 
+    layers, kinds = check_args(a, METHODS)
     try:
-        cfg, params, _, tok = ntkfuse.load(a.model)
-    except Exception as e:
-        raise UsageError(f"--model {a.model!r}: {e}") from None
-    layers, kinds = check_args(a, cfg, METHODS)
-    if cfg.head != "classifier":
-        raise UsageError("this script measures NTKs of a classifier's class probability; the model's head is "
-                         f"{cfg.head!r}")
+        os.makedirs(a.out, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--out {a.out}: {e}") from None
+    if not os.access(a.out, os.W_OK):
+        raise UsageError(f"--out {a.out} is not writable")
     try:
         examples = load_examples(a.data, a.n_examples)
     except ValueError as e:
         raise UsageError(f"--data: {e}") from None
-    os.makedirs(a.out, exist_ok=True)
-    if not os.access(a.out, os.W_OK):
-        raise UsageError(f"--out {a.out} is not writable")
+    try:
+        cfg, params, _, tok = ntkfuse.load(a.model)
+    except Exception as e:
+        raise UsageError(f"--model {a.model!r}: {e}") from None
+    check_model_args(a, cfg, layers)
 
     fc = FitConfig(loss=a.loss, steps=a.steps, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
                    holdout=a.holdout, eval_every=a.eval_every, patience=a.patience,

@@ -260,7 +260,10 @@ def fit_blocks(blocks: Sequence, x, y, fc: FitConfig = FitConfig(), activation: 
     `stop_at`: stop after that many total steps without a final checkpoint, as a kill
     would (for testing resume).
     """
-    x, y = np.asarray(x), np.asarray(y)
+    if not isinstance(x, jax.Array):
+        x = np.asarray(x)
+    if not isinstance(y, jax.Array):
+        y = np.asarray(y)
     if x.ndim != 3 or y.ndim != 3 or x.shape[:2] != y.shape[:2]:
         raise FitError(f"x, y must be (layers, tokens, d) with matching layers/tokens; got {x.shape}, {y.shape}")
     if x.shape[0] != len(blocks):
@@ -269,8 +272,11 @@ def fit_blocks(blocks: Sequence, x, y, fc: FitConfig = FitConfig(), activation: 
     st = stack_blocks(blocks)
     key = jax.random.PRNGKey(fc.seed)
     tr, ho = _split(key, x.shape[1], fc.holdout)
-    xt, yt = jnp.asarray(x[:, tr]), jnp.asarray(y[:, tr])
-    xh, yh = (jnp.asarray(x[:, ho]), jnp.asarray(y[:, ho])) if len(ho) else (None, None)
+    if len(ho):
+        xt, yt = jnp.asarray(x[:, tr]), jnp.asarray(y[:, tr])
+        xh, yh = jnp.asarray(x[:, ho]), jnp.asarray(y[:, ho])
+    else:   # no split: use the arrays as given (device arrays are not copied)
+        xt, yt, xh, yh = jnp.asarray(x), jnp.asarray(y), None, None
     tx, train_step, evaluate = _build(fc, activation, st.scale is not None, len(tr))
     state = init_state(fc, st.params)
     history = {"step": [], "train": [], "heldout": []}
