@@ -52,7 +52,7 @@ def hidden_loss(cfg: ModelConfig, student: dict, teacher: dict, batch: dict, lay
 
 
 @functools.lru_cache(maxsize=8)
-def _step(cfg: ModelConfig, layers: tuple, tc: TuneConfig, total: int):
+def _step(cfg: ModelConfig, layers: tuple, tc: TuneConfig):
     sched = (optax.warmup_constant_schedule(0.0, tc.lr, tc.warmup_steps) if tc.warmup_steps else tc.lr)
     tx = optax.adamw(sched, weight_decay=tc.weight_decay)
 
@@ -81,7 +81,7 @@ def layerwise_tune(cfg: ModelConfig, params: dict, teacher: dict, batches: Seque
     if len(params["layers"]) != len(teacher["layers"]):
         raise TuneError("student and teacher have different numbers of layers")
     blocks = tuple(get_mlp(params, l) for l in layers)
-    tx, step = _step(cfg, layers, tc, len(batches) * tc.epochs)
+    tx, step = _step(cfg, layers, tc)
     opt_state = tx.init(blocks)
     losses = []
     from tqdm.auto import tqdm
