@@ -43,8 +43,8 @@ def pair():
 def _hand(cfg, p, new, batches, layer):
     dists, logit_d = [], []
     for b in batches:
-        a = ntkfuse.forward(cfg, p, b, collect=True)
-        c = ntkfuse.forward(cfg, new, b, collect=True)
+        a = ntkfuse.jit_forward(cfg, p, b, True)
+        c = ntkfuse.jit_forward(cfg, new, b, True)
         ha, hc = np.asarray(a.hidden_states[layer]), np.asarray(c.hidden_states[layer])
         for i in range(b["input_ids"].shape[0]):
             for t in range(b["input_ids"].shape[1]):
