@@ -1,5 +1,7 @@
 """Surrogate fitting: collection, ridge/SGD recovery, fitting beats its one-shot start,
 bitwise resume, layer-wise tuning touches only the compressed MLPs, sensitivity."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -125,8 +127,11 @@ def test_resume_after_interrupt_is_bitwise(tmp_path, tiny):
     init = [_fused(teachers[0], 8, (1, 2, 3, 4, 1, 1, 2, 2)), _fused(teachers[1], 8, (5, 1, 1, 1, 3, 1, 1, 2))]
     fc = FitConfig(steps=40, batch_size=32, lr=1e-2, warmup_steps=5, eval_every=5, patience=3,
                    checkpoint_every=10, progress=False)
+    # the interrupted run uses blocks of up to 3 steps, the others the default (up to the next eval):
+    # neither the interruption nor the cut into blocks may change a bit
     ref = fit_blocks(init, X, Y, fc, CFG.activation)
-    part = fit_blocks(init, X, Y, fc, CFG.activation, checkpoint_dir=str(tmp_path / "ck"), stop_at=27)
+    part = fit_blocks(init, X, Y, dataclasses.replace(fc, block_steps=3), CFG.activation,
+                      checkpoint_dir=str(tmp_path / "ck"), stop_at=27)
     assert int(part.state.step) == 27
     res = fit_blocks(init, X, Y, fc, CFG.activation, checkpoint_dir=str(tmp_path / "ck"))
     assert int(res.state.step) == int(ref.state.step)
@@ -141,9 +146,32 @@ def test_resume_after_interrupt_is_bitwise(tmp_path, tiny):
         fit_blocks(init, X, Y, FitConfig(steps=41, progress=False), CFG.activation, checkpoint_dir=str(tmp_path / "ck"))
 
 
+def test_block_length_does_not_change_fit_and_bf16_fits():
+    """No held-out split, no checkpoints: the whole fit is one scan (several epochs inside
+    one block); equal bitwise to one dispatch per step. bf16 compute still fits."""
+    teacher = _linear_teacher(jax.random.PRNGKey(4), d=8, D=16)
+    X = np.asarray(jax.random.normal(jax.random.PRNGKey(5), (2, 96, 8)))
+    Y = np.stack([np.asarray(teacher(X[i], jax.nn.gelu)) for i in range(2)])
+    init = [DenseMLP(*(0.3 * jax.random.normal(jax.random.fold_in(jax.random.PRNGKey(6), i), s)
+                       for i, s in enumerate([(8, 8), (8,), (8, 8), (8,)])))] * 2
+    fc = FitConfig(steps=23, batch_size=20, lr=3e-2, warmup_steps=3, holdout=0.0, progress=False)
+    one = fit_blocks(init, X, Y, fc, "gelu")
+    per_step = fit_blocks(init, X, Y, dataclasses.replace(fc, block_steps=1), "gelu")
+    for a, b in zip(jax.tree.leaves(one.state), jax.tree.leaves(per_step.state)):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert int(one.state.step) == 23
+    bf, f32 = fit_blocks(init, X, Y, dataclasses.replace(fc, compute_dtype="bfloat16"), "gelu"), one
+    assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(bf.blocks))   # master weights stay f32
+    before, e_bf, e_32 = (evaluate_blocks(b, X, Y, "gelu") for b in (init, bf.blocks, f32.blocks))
+    assert np.all(e_bf < 0.5 * before) and np.all(e_bf < 2 * e_32 + 1e-3), (before, e_bf, e_32)
+    assert not np.array_equal(np.asarray(bf.blocks[0].w1), np.asarray(f32.blocks[0].w1))  # bf16 path really ran
+
+
 def test_bad_fit_input():
     with pytest.raises(FitError, match="valid: mse, cosine"):
         FitConfig(loss="l1")
+    with pytest.raises(FitError, match="valid: float32, bfloat16"):
+        FitConfig(compute_dtype="float16")
     blk = LinearMLP(jnp.zeros((4, 4)), jnp.zeros(4))
     with pytest.raises(FitError, match="same kind"):
         fit_blocks([blk, DenseMLP(jnp.zeros((2, 4)), None, jnp.zeros((4, 2)), None)], np.zeros((2, 8, 4)),

@@ -8,10 +8,18 @@ stacked into a separate, non-trainable (L, k) array that multiplies after the
 activation (so gradients w.r.t. centroid j still scale with n_j), and the original
 counts are put back afterwards — they are never updated.
 
+Speed: per-step Python dispatch dominates small fits on accelerators, so many optimizer
+steps run in one dispatch — a jitted `lax.scan` over a block of steps that ends at the
+next eval / checkpoint / stop boundary (at most `block_steps` long). The training tokens
+stay on the device and each block draws its batches there; the host only syncs at
+block boundaries, and only when it needs a value (early stopping, checkpoint, end).
+
 Determinism: the held-out split comes from `fold_in(key, 0)`, the order of training
 tokens at step s from `fold_in(fold_in(key, 1), epoch(s))`; nothing else is random.
-So a fit resumed from an orbax checkpoint (params, optimizer state, step, best params
-and early-stopping state) ends bitwise equal to an uninterrupted one.
+The scan body is the same computation whatever the block length, so how steps are
+cut into blocks does not change the result (tested), and a fit resumed from an orbax
+checkpoint (params, optimizer state, step, best params and early-stopping state) ends
+bitwise equal to an uninterrupted one.
 """
 from __future__ import annotations
 
@@ -29,6 +37,7 @@ import optax
 from ..models import DenseMLP, FusedMLP, activation_fn
 
 LOSSES = ("mse", "cosine")
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 class FitError(ValueError):
@@ -55,11 +64,17 @@ class FitConfig:
     checkpoint_every: int = 0         # steps between orbax checkpoints (0: only with stop/end)
     seed: int = 0
     progress: bool = True
+    block_steps: int = 256            # most optimizer steps per device dispatch (1: one dispatch per step)
+    # "bfloat16": params cast from the float32 master copy and activations in bf16 for the
+    # forward/backward (matmuls accumulate in f32, like torch.autocast); loss, grads, AdamW in f32
+    compute_dtype: str = "float32"
 
     def __post_init__(self):
         if self.loss not in LOSSES:
             raise FitError(f"unknown loss {self.loss!r}; valid: {', '.join(LOSSES)}")
-        for name in ("steps", "batch_size", "eval_every"):
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise FitError(f"unknown compute_dtype {self.compute_dtype!r}; valid: {', '.join(COMPUTE_DTYPES)}")
+        for name in ("steps", "batch_size", "eval_every", "block_steps"):
             if int(getattr(self, name)) < 1:
                 raise FitError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("warmup_steps", "patience", "checkpoint_every"):
@@ -171,27 +186,47 @@ def _build(fc: FitConfig, activation: str, fused: bool, n_train: int):
     bs = min(fc.batch_size, n_train)
     per_epoch = n_train // bs
     order_key = jax.random.fold_in(jax.random.PRNGKey(fc.seed), 1)
+    cdt = jnp.dtype(fc.compute_dtype)
 
     def layer_loss(p, s, x, y):
-        return loss_fn(fc.loss, apply_block(p, x, act, s if fused else None), y)
+        if cdt != jnp.float32:   # the cast is inside the grad: gradients reach the f32 master params
+            p = jax.tree.map(lambda a: a.astype(cdt), p)
+            x = x.astype(cdt)
+            s = None if s is None else s.astype(cdt)
+        pred = apply_block(p, x, act, s if fused else None)
+        return loss_fn(fc.loss, pred.astype(jnp.float32), y)
 
     def losses(params, scale, x, y):
         return jax.vmap(layer_loss, in_axes=(0, 0 if fused else None, 0, 0))(params, scale, x, y)
 
-    def batch_idx(step):
-        epoch, i = step // per_epoch, step % per_epoch
-        perm = jax.random.permutation(jax.random.fold_in(order_key, epoch), n_train)
-        return jax.lax.dynamic_slice(perm, (i * bs,), (bs,))
+    def epoch_perm(epoch):
+        return jax.random.permutation(jax.random.fold_in(order_key, epoch), n_train)
 
-    @jax.jit
-    def train_step(state: FitState, scale, x, y):
-        idx = batch_idx(state.step)
-        xb, yb = x[:, idx], y[:, idx]
+    def step_fn(state: FitState, perms, epoch0, scale, x, y):
+        epoch, i = state.step // per_epoch, state.step % per_epoch
+        idx = jax.lax.dynamic_slice(perms[epoch - epoch0], (i * bs,), (bs,))
+        xb, yb = jnp.take(x, idx, axis=1), jnp.take(y, idx, axis=1)
         (_, per), grads = jax.value_and_grad(lambda p: (lambda l: (l.sum(), l))(losses(p, scale, xb, yb)),
                                              has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         return state._replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                               opt_state=opt_state), per
+
+    @functools.partial(jax.jit, static_argnums=4)
+    def train_block(state: FitState, scale, x, y, n: int):
+        """`n` optimizer steps in one dispatch; returns the state and the last step's per-layer
+        training loss. The permutations of every epoch the block touches are drawn up front
+        (at most n // per_epoch + 2 of them), so the scan body has no branch."""
+        epoch0 = state.step // per_epoch
+        perms = jax.vmap(epoch_perm)(epoch0 + jnp.arange(n // per_epoch + 2))
+
+        def body(carry, _):
+            st, _ = carry
+            return step_fn(st, perms, epoch0, scale, x, y), None
+
+        L = jax.tree.leaves(state.params)[0].shape[0]
+        (state, last), _ = jax.lax.scan(body, (state, jnp.zeros((L,), jnp.float32)), None, length=n)
+        return state, last
 
     @jax.jit
     def evaluate(state: FitState, scale, x, y):
@@ -204,7 +239,7 @@ def _build(fc: FitConfig, activation: str, fused: bool, n_train: int):
         return state._replace(best_params=best_params, best_loss=jnp.where(better, cur, state.best_loss),
                               bad=bad, done=done), cur
 
-    return tx, train_step, evaluate
+    return tx, train_block, evaluate
 
 
 def init_state(fc: FitConfig, params) -> FitState:
@@ -215,8 +250,10 @@ def init_state(fc: FitConfig, params) -> FitState:
 
 def _fingerprint(fc: FitConfig, activation, x, y, st: Stacked) -> dict:
     d = dataclasses.asdict(fc)
-    d.pop("progress")
-    d.pop("checkpoint_every")
+    for k in ("progress", "checkpoint_every", "block_steps"):   # do not change the result
+        d.pop(k)
+    if d["compute_dtype"] == "float32":   # fingerprints written before the field existed still match
+        d.pop("compute_dtype")
     return {"fit_config": d, "activation": activation, "x_shape": list(x.shape), "y_shape": list(y.shape),
             "kind": ("fused:" if st.counts is not None else "") + str(jax.tree.structure(st.params)),
             "param_shapes": [list(a.shape) for a in jax.tree.leaves(st.params)],
@@ -277,7 +314,7 @@ def fit_blocks(blocks: Sequence, x, y, fc: FitConfig = FitConfig(), activation: 
         xh, yh = jnp.asarray(x[:, ho]), jnp.asarray(y[:, ho])
     else:   # no split: use the arrays as given (device arrays are not copied)
         xt, yt, xh, yh = jnp.asarray(x), jnp.asarray(y), None, None
-    tx, train_step, evaluate = _build(fc, activation, st.scale is not None, len(tr))
+    tx, train_block, evaluate = _build(fc, activation, st.scale is not None, len(tr))
     state = init_state(fc, st.params)
     history = {"step": [], "train": [], "heldout": []}
     mngr = None
@@ -300,28 +337,43 @@ def fit_blocks(blocks: Sequence, x, y, fc: FitConfig = FitConfig(), activation: 
         got = _restore(mngr, state)
         if got is not None:
             state, history = got
+    pending = []                             # (step, train, heldout) device arrays not yet in history
+
+    def flush():
+        for s_, t_, h_ in pending:
+            history["step"].append(s_)
+            history["train"].append(np.asarray(t_).tolist())
+            history["heldout"].append(np.asarray(h_).tolist())
+        pending.clear()
+
     from tqdm.auto import tqdm
     bar = tqdm(total=fc.steps, initial=int(state.step), disable=not fc.progress, desc="fit", leave=False)
-    last = None
-    s = int(state.step)                      # host copy: no device sync per step
+    s = int(state.step)                      # host copy: the host never waits on the device inside a block
     done = bool(state.done)
-    while s < fc.steps and not done:
-        if stop_at is not None and s >= stop_at:
-            bar.close()
-            return FitResult(unstack_blocks(st, state.params), state, history, False)
-        state, last = train_step(state, st.scale, xt, yt)
-        s += 1
-        bar.update(1)
+    end = fc.steps if stop_at is None else min(fc.steps, max(stop_at, s))
+    ce = fc.checkpoint_every if mngr is not None else 0
+    while s < end and not done:
+        nxt = min(end, s + fc.block_steps)
+        for every in ((fc.eval_every if xh is not None else 0), ce):
+            if every:
+                nxt = min(nxt, (s // every + 1) * every)
+        state, last = train_block(state, st.scale, xt, yt, nxt - s)
+        bar.update(nxt - s)
+        s = nxt
         if xh is not None and (s % fc.eval_every == 0 or s == fc.steps):
             state, cur = evaluate(state, st.scale, xh, yh)
-            history["step"].append(s)
-            history["train"].append(np.asarray(last).tolist())
-            history["heldout"].append(np.asarray(cur).tolist())
-            done = bool(state.done)
-            bar.set_postfix(heldout=float(np.mean(cur)))
-        if mngr is not None and fc.checkpoint_every and s % fc.checkpoint_every == 0:
+            pending.append((s, last, cur))
+            if fc.patience > 0:
+                done = bool(state.done)
+            if fc.progress:
+                bar.set_postfix(heldout=float(np.mean(np.asarray(cur))))
+        if ce and s % ce == 0:
+            flush()
             _save(mngr, state, history)
     bar.close()
+    flush()
+    if stop_at is not None and s >= stop_at and s < fc.steps and not done:   # simulated kill: no final save
+        return FitResult(unstack_blocks(st, state.params), state, history, False)
     if mngr is not None:
         _save(mngr, state, history)
         mngr.close()
