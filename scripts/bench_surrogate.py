@@ -37,6 +37,7 @@ in every precision. Predicted ratio ntkfuse/torch: ~5x highest, ~20x tf32 and bf
 If the old 11 ms/step were instead device time, the block_steps=1 row would be as
 fast as the scan row. On the shared 2-core CPU (--small) compute dominates and the
 scan should gain little (<1.3x over block_steps=1).
+Measured results and how they compare with this prediction: docs/surrogates.md.
 
     python scripts/bench_surrogate.py --small --out bench_surrogate_small.json   # CPU
     python scripts/bench_surrogate.py --out bench_surrogate.json                  # GPU, full size
