@@ -146,9 +146,16 @@ def default_layers(num_layers: int) -> tuple:
     return tuple(range(num_layers - n, num_layers))
 
 
+KMEANS_METHODS = ("fusion", "cluster")
+KMEANS_OPTIONS = ("n_init", "max_iter", "tol")
+
+
 def method_key(seed: int, method: str):
-    """PRNG key of one method: independent of which other methods run and in which order."""
-    return jax.random.fold_in(jax.random.PRNGKey(seed), _methods().index(method))
+    """PRNG key of one method: independent of which other methods run and in which order.
+    cluster uses fusion's key: both are built from the same k-means (METHOD.md §2), which a
+    run computes once (`run_method`'s kmeans_cache) and which is the same run alone."""
+    m = "fusion" if method in KMEANS_METHODS else method
+    return jax.random.fold_in(jax.random.PRNGKey(seed), _methods().index(m))
 
 
 def method_options(config: CompareConfig, method: str) -> dict:
@@ -273,10 +280,16 @@ def config_hash(plan: Plan) -> str:
     return h.hexdigest()[:16]
 
 
+# Bumped when a method's computation changes for the same settings (2: cluster shares fusion's
+# k-means key), so rows saved by an older version are recomputed, never reused.
+ROW_FORMAT = 2
+
+
 def method_hash(plan: Plan, method: str) -> str:
     """Tag of one method's row: the run's hash plus that method's options (so changing
     --n-init recomputes fusion and cluster only)."""
-    key = json.dumps([plan.config_hash, method, method_options(plan.config, method)], sort_keys=True, default=str)
+    key = json.dumps([plan.config_hash, method, method_options(plan.config, method), ROW_FORMAT],
+                     sort_keys=True, default=str)
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -340,7 +353,8 @@ def _num_params(tree) -> int:
 
 
 def _nonzero(tree) -> int:
-    return int(sum(int(jnp.count_nonzero(x)) for x in jax.tree_util.tree_leaves(tree)))
+    # on the host: an eager jnp.count_nonzero compiles once per leaf shape (~0.1 s each)
+    return int(sum(np.count_nonzero(np.asarray(x)) for x in jax.tree_util.tree_leaves(tree)))
 
 
 def _kernels(plan: Plan, params, scalar, selector) -> dict:
@@ -370,14 +384,39 @@ def reference_kernels(plan: Plan, out_dir: Optional[Path]) -> dict:
     return ks
 
 
-def run_method(plan: Plan, method: str, K_ref: dict) -> dict:
-    """Compress with one method and measure it against the original (one result row)."""
+def _kmeans_for(plan: Plan, method: str, cache: Optional[dict]):
+    """(k-means of fusion/cluster, seconds spent on it, whether it came from `cache`).
+    The cache key holds everything the k-means depends on besides the plan's params."""
+    from . import compress as C
+    opts = {**{k: C.OPTIONS[method][k] for k in KMEANS_OPTIONS}, **method_options(plan.config, method)}
+    opts = {k: opts[k] for k in KMEANS_OPTIONS}
+    ck = (plan.layers, plan.width, plan.config.seed, tuple(sorted(opts.items())))
+    if cache is not None and ck in cache:
+        return cache[ck], 0.0, True
+    t0 = time.perf_counter()
+    km = C.kmeans_layers(plan.params, plan.layers, plan.width, method_key(plan.config.seed, method), **opts)
+    jax.block_until_ready(jax.tree_util.tree_leaves(km))
+    if cache is not None:
+        cache[ck] = km
+    return km, time.perf_counter() - t0, False
+
+
+def run_method(plan: Plan, method: str, K_ref: dict, kmeans_cache: Optional[dict] = None) -> dict:
+    """Compress with one method and measure it against the original (one result row).
+    `kmeans_cache` (a dict kept across calls with the same plan) lets fusion and cluster
+    share one k-means; the result is identical to computing it in each."""
     from . import compress as C
     from . import ntk
     cfg, params, layers = plan.cfg, plan.params, plan.layers
     opts = method_options(plan.config, method)
     t0 = time.perf_counter()
-    new = C.compress(cfg, params, method, layers, plan.width, method_key(plan.config.seed, method), **opts)
+    extra, km_info = {}, {}
+    if method in KMEANS_METHODS:
+        km, km_s, shared = _kmeans_for(plan, method, kmeans_cache)
+        extra["kmeans_result"] = km
+        km_info = {"kmeans_s": km_s, "kmeans_reused": shared}
+    new = C.compress(cfg, params, method, layers, plan.width, method_key(plan.config.seed, method), **extra,
+                     **opts)
     jax.block_until_ready(jax.tree_util.tree_leaves(new))
     t_compress = time.perf_counter() - t0
     scalar = _scalar_output(plan.config, cfg, plan.output)
@@ -403,6 +442,7 @@ def run_method(plan: Plan, method: str, K_ref: dict) -> dict:
         "compress_s": t_compress,
         "kernel_s": t_kernel,
         "time_s": total,
+        **km_info,
         "block_kinds": sorted({type(b).__name__ for b in new_blocks}),
         "method_hash": method_hash(plan, method),
     }
@@ -445,7 +485,7 @@ def run(plan: Plan, out_dir: Optional[Path] = None, *, progress: bool = True, fr
     log(f"reference kernels ({', '.join(parse_list(plan.config.kernel))}) of the original model ...")
     K_ref = reference_kernels(plan, out_dir)
     ref_s = time.perf_counter() - t0
-    rows, reused = [], []
+    rows, reused, kmeans_cache = [], [], {}
     bar = tqdm(plan.methods, desc="methods", unit="method", disable=not progress, leave=False)
     for method in bar:
         bar.set_postfix_str(method)
@@ -454,7 +494,7 @@ def run(plan: Plan, out_dir: Optional[Path] = None, *, progress: bool = True, fr
         if row is not None and row.get("method_hash") == method_hash(plan, method):
             reused.append(method)
         else:
-            row = run_method(plan, method, K_ref)
+            row = run_method(plan, method, K_ref, kmeans_cache)
             if f is not None:
                 atomic_write(f, _json(row))
         rows.append(row)
@@ -646,5 +686,5 @@ def load_result(path: str | Path) -> dict:
 
 __all__ = ["CompareConfig", "CompareError", "Plan", "prepare", "run", "run_method", "reference_kernels",
            "write_reports", "format_table", "table_rows", "describe", "plot", "load_result", "parse_layers",
-           "parse_list", "default_layers", "method_key", "method_options", "config_hash", "method_hash", "default_out_dir",
+           "parse_list", "default_layers", "method_key", "KMEANS_METHODS", "ROW_FORMAT", "method_options", "config_hash", "method_hash", "default_out_dir",
            "atomic_write", "KERNEL_KINDS", "NTK_PARAMS", "OUTPUTS", "DEFAULT_DATA", "DEFAULT_N_INIT"]

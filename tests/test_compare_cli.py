@@ -147,6 +147,39 @@ def test_cli_end_to_end_tiny_roberta_and_resume(tiny_models, tmp_path, capsys, m
     assert sorted(p.name for p in (out / "methods").iterdir()) == ["prune.json"]
 
 
+def test_fusion_and_cluster_share_one_kmeans_identical_to_alone(tiny_models, tmp_path, capsys, monkeypatch):
+    """cluster is built from fusion's k-means (METHOD.md §2): a run with both computes it once,
+    and cluster's row is exactly what a run of cluster alone gives."""
+    import ntkfuse.compress as C
+    calls = []
+    real = C.kmeans_layers
+    monkeypatch.setattr(C, "kmeans_layers", lambda *a, **k: calls.append(1) or real(*a, **k))
+    rc, _, err = _cli(capsys, *_tiny_args(tiny_models["roberta"], tmp_path / "both", "fusion,cluster"))
+    assert rc == 0, err
+    assert len(calls) == 1
+    rc, _, err = _cli(capsys, *_tiny_args(tiny_models["roberta"], tmp_path / "alone", "cluster"))
+    assert rc == 0, err
+    assert len(calls) == 2
+    both = json.loads((tmp_path / "both" / "results.json").read_text())["results"]
+    alone = json.loads((tmp_path / "alone" / "results.json").read_text())["results"][0]
+    assert [r.get("kmeans_reused") for r in both] == [False, True] and alone["kmeans_reused"] is False
+    for key in ("out_err_layer", "out_err_logits", "ntk_abs", "ntk_rel", "sign_abs", "sign_rel", "mlp_params"):
+        assert both[1][key] == alone[key], key
+    # and it is the library's cluster with fusion's key
+    import jax
+    import ntkfuse
+    from ntkfuse.compare import method_key
+    cfg, params, _, _ = ntkfuse.load(str(tiny_models["roberta"]))
+    direct = C.compress(cfg, params, "cluster", (1, 2), 16, method_key(0, "fusion"), n_init=1)
+    via_fusion = C.compress(cfg, params, "fusion", (1, 2), 16, method_key(0, "fusion"), n_init=1)
+    for l in (1, 2):
+        counts = np.asarray(via_fusion["layers"][l]["mlp"].counts, np.float32)
+        np.testing.assert_allclose(np.asarray(direct["layers"][l]["mlp"].w1),
+                                   np.asarray(via_fusion["layers"][l]["mlp"].w1) * np.sqrt(counts)[:, None],
+                                   rtol=1e-6)
+    assert jax.numpy.array_equal(method_key(3, "cluster"), method_key(3, "fusion"))
+
+
 def test_cli_end_to_end_tiny_gpt2_webnlg(tiny_models, tmp_path, capsys):
     out = tmp_path / "gpt2"
     rc, stdout, err = _cli(capsys, *_tiny_args(tiny_models["gpt2"], out, "prune,magnitude", "--kernel", "sign",

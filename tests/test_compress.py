@@ -257,3 +257,68 @@ def test_all_methods_on_small_random_models(family):
     batch = {"input_ids": np.array([[3, 5, 6, 7, 9], [4, 8, 10, 2, 1]]),
              "attention_mask": np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])}
     _check_model(cfg, params, [1, 2], 12, batch)
+
+
+def _mmd_fit_straightforward(P, Z, steps, lr, weight_decay):
+    """The plain formulation: AdamW on mmd2 over the full (k+D)² distance matrix."""
+    import optax
+    opt = optax.adamw(lr, weight_decay=weight_decay)
+    @jax.jit
+    def step(P, state):
+        upd, state = opt.update(jax.grad(mmd2)(P, Z), state, P)
+        return optax.apply_updates(P, upd), state
+
+    state = opt.init(P)
+    for _ in range(steps):
+        P, state = step(P, state)
+    return P
+
+
+def test_mmd_fit_equals_straightforward_formula():
+    """The fit drops the constant data-data block (mean K_ZZ has zero gradient because h is
+    detached): same gradient and same particles as AdamW on mmd2 itself (float64: equal to
+    rounding; float32: the first-step gradients agree to float32 resolution)."""
+    from ntkfuse.compress.methods import _mmd_fit, _mmd_particle_terms, _mmd_kernel_dists
+    b = _block(seed=3)
+    with jax.enable_x64(True):
+        Z = jnp.asarray(np.asarray(neuron_features(b)), jnp.float64)
+        P0 = Z[jnp.array([1, 4, 9, 15, 20, 22, 27, 30])] + 0.01
+        fast = np.asarray(_mmd_fit(P0, Z, 25, 1e-2, 0.01))
+        slow = np.asarray(_mmd_fit_straightforward(P0, Z, 25, 1e-2, 0.01))
+        assert np.abs(fast - np.asarray(P0)).max() > 0.05          # the particles did move
+        np.testing.assert_allclose(fast, slow, rtol=0, atol=1e-10)
+        dzz = _mmd_kernel_dists(Z, Z)
+        zz = jnp.sum(dzz) - jnp.trace(dzz)
+        # value: the particle terms are mmd2 minus mean K_ZZ (at the same h)
+        Kzz = float(mmd2(P0, Z) - _mmd_particle_terms(P0, Z, zz))
+        assert 0 < Kzz <= 5.0
+    Z32 = neuron_features(b)
+    P32 = 0.5 * (Z32[::4] + Z32[1::4])   # midpoints: no near-zero particle-data distances
+    d = _mmd_kernel_dists(Z32, Z32)
+    g_fast = jax.grad(_mmd_particle_terms)(P32, Z32, jnp.sum(d) - jnp.trace(d))
+    g_slow = jax.grad(mmd2)(P32, Z32)
+    # float32: the two orders of summation differ by rounding (measured ~1e-3 of the largest entry)
+    np.testing.assert_allclose(np.asarray(g_fast), np.asarray(g_slow), rtol=0,
+                               atol=5e-3 * float(jnp.abs(g_slow).max()))
+
+
+def test_shared_kmeans_result_is_identical_to_computing_it():
+    from ntkfuse.compress import kmeans_layers
+    cfg, p = _layered_params((1.0, 1.0))
+    key = jax.random.key(7)
+    km = kmeans_layers(p, [1, 0], 12, key, n_init=2)
+    assert sorted(km) == [0, 1] and km[0].centroids.shape == (12, 2 * d + 1)
+    for method in ("fusion", "cluster"):
+        alone = compress(cfg, p, method, [1, 0], 12, key, n_init=2)
+        shared = compress(cfg, p, method, [1, 0], 12, key, kmeans_result=km, n_init=2)
+        for l in (0, 1):
+            a, s = alone["layers"][l]["mlp"], shared["layers"][l]["mlp"]
+            assert type(a) is type(s) and getattr(a, "counts", None) == getattr(s, "counts", None)
+            for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(s)):
+                np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    with pytest.raises(CompressionError, match="for layers"):
+        compress(cfg, p, "fusion", [0, 1], 12, key, kmeans_result={0: km[0]})
+    with pytest.raises(CompressionError, match="does not fit"):
+        compress(cfg, p, "cluster", [0, 1], 10, key, kmeans_result=km)
+    with pytest.raises(CompressionError, match="fusion and cluster only"):
+        compress(cfg, p, "prune", [0, 1], 12, key, kmeans_result=km)

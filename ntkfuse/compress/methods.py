@@ -190,6 +190,10 @@ def _mmd_kernel_dists(A, B):
     return jnp.sqrt(jnp.maximum(sq, 1e-12))   # clamped: finite gradient at zero distance
 
 
+def _mmd_kernel_sum(dist, h):
+    return sum(jnp.exp(-dist / (h * 2.0 ** b / 4.0)) for b in range(5))
+
+
 def mmd2(P, Z, h=None):
     """MMD² between particle set P and data Z with Σ_{b=0..4} exp(−‖z−z'‖/h_b), h_b = h·2^b/4,
     h = mean pairwise distance over P ∪ Z (off-diagonal pairs), detached."""
@@ -198,31 +202,48 @@ def mmd2(P, Z, h=None):
     n = X.shape[0]
     if h is None:
         h = jax.lax.stop_gradient((jnp.sum(dist) - jnp.sum(jnp.diag(dist))) / (n * (n - 1)))
-    K = sum(jnp.exp(-dist / (h * 2.0 ** b / 4.0)) for b in range(5))
+    K = _mmd_kernel_sum(dist, h)
     k = P.shape[0]
     return jnp.mean(K[:k, :k]) + jnp.mean(K[k:, k:]) - 2.0 * jnp.mean(K[:k, k:])
 
 
+def _mmd_particle_terms(P, Z, zz_offdiag_sum):
+    """The P-dependent part of `mmd2(P, Z)`: mean K_PP − 2 mean K_PZ, with h from the
+    precomputed off-diagonal sum of the constant data-data distances. mean K_ZZ depends on
+    P only through the detached h, so its gradient is zero and the optimiser never needs
+    the (D, D) block: same gradient as `mmd2`, (k + D)² → k² + kD distances per step."""
+    d_pp = _mmd_kernel_dists(P, P)
+    d_pz = _mmd_kernel_dists(P, Z)
+    n = P.shape[0] + Z.shape[0]
+    total = (jnp.sum(d_pp) - jnp.sum(jnp.diag(d_pp))) + 2.0 * jnp.sum(d_pz) + zz_offdiag_sum
+    h = jax.lax.stop_gradient(total / (n * (n - 1)))
+    return jnp.mean(_mmd_kernel_sum(d_pp, h)) - 2.0 * jnp.mean(_mmd_kernel_sum(d_pz, h))
+
+
 @partial(jax.jit, static_argnums=(2, 3, 4))
 def _mmd_fit(P, Z, steps, lr, weight_decay):
+    """AdamW on `mmd2(P, Z)` for `steps` steps (METHOD.md §2); returns the particles.
+    Uses `_mmd_particle_terms` (identical gradient, no per-step data-data block)."""
     import optax
     opt = optax.adamw(lr, weight_decay=weight_decay)
+    d_zz = _mmd_kernel_dists(Z, Z)
+    zz = jnp.sum(d_zz) - jnp.sum(jnp.diag(d_zz))       # constant over the steps
+    grad = jax.grad(_mmd_particle_terms)
 
     def step(carry, _):
         P, state = carry
-        loss, g = jax.value_and_grad(mmd2)(P, Z)
-        upd, state = opt.update(g, state, P)
-        return (optax.apply_updates(P, upd), state), loss
+        upd, state = opt.update(grad(P, Z, zz), state, P)
+        return (optax.apply_updates(P, upd), state), None
 
-    (P, _), losses = jax.lax.scan(step, (P, opt.init(P)), None, length=steps)
-    return P, losses
+    (P, _), _ = jax.lax.scan(step, (P, opt.init(P)), None, length=steps)
+    return P
 
 
 def _mmd(block, k, key, steps, lr, weight_decay):
     Z = neuron_features(block)
     D = Z.shape[0]
     P0 = Z[jax.random.choice(key, D, (k,), replace=False)]
-    P, _ = _mmd_fit(P0, Z, steps, lr, weight_decay)
+    P = _mmd_fit(P0, Z, steps, lr, weight_decay)
     w1, b1, w2 = _split_features(P * math.sqrt(D / k), block.w1.shape[1], block.b1 is not None)
     return DenseMLP(w1, b1, w2, block.b2)
 
@@ -266,16 +287,7 @@ def compress_block(block: DenseMLP, method: str, width: int, key, *, activation:
     return _dispatch(block, method, width, key, opts)
 
 
-def compress(cfg, params: dict, method: str, layers: Sequence[int], width: int, key, **options) -> dict:
-    """New params with the MLPs of `layers` compressed by `method` (via `replace_mlps`).
-
-    Layer layers[i] uses key `jax.random.split(key, len(layers))[i]`, so it equals
-    `compress_block(get_mlp(params, layers[i]), method, width, keys[i])` (k-means for all
-    layers of equal shape runs batched in one jitted call). `magnitude` uses one global
-    threshold over the chosen layers' W1 and W2.
-    """
-    opts = _options(method, options)
-    _check_activation(cfg.activation)
+def _check_layers(params, layers):
     layers = [int(l) for l in layers]
     n = len(params["layers"])
     if not layers:
@@ -285,29 +297,81 @@ def compress(cfg, params: dict, method: str, layers: Sequence[int], width: int, 
     for l in layers:
         if not 0 <= l < n:
             raise CompressionError(f"layer {l} out of range: the model has layers 0..{n - 1}")
+    return layers
+
+
+def _kmeans_of_blocks(blocks: dict, width, keys: dict, opts) -> dict:
+    """{layer: KMeansResult}; layers with blocks of equal shape run batched in one jitted call."""
+    groups, out = {}, {}
+    for l, b in blocks.items():
+        groups.setdefault((b.w1.shape, b.b1 is None), []).append(l)
+    for group in groups.values():
+        Xs = jnp.stack([neuron_features(blocks[l]) for l in group])
+        ks = jnp.stack([keys[l] for l in group])
+        km = _kmeans_batched(Xs, ks, jnp.float32(opts["tol"]), int(width), int(opts["n_init"]),
+                             int(opts["max_iter"]))
+        for i, l in enumerate(group):
+            out[l] = jax.tree_util.tree_map(lambda a: a[i], km)
+    return out
+
+
+def kmeans_layers(params: dict, layers: Sequence[int], width: int, key, **options) -> dict:
+    """{layer: KMeansResult}: exactly the k-means that `compress(cfg, params, "fusion" or
+    "cluster", layers, width, key, **options)` runs (options n_init, max_iter, tol). Pass it
+    back as `compress(..., kmeans_result=...)` so that fusion and cluster share one k-means
+    (METHOD.md: cluster uses the same k-means) instead of each running it."""
+    opts = _options("fusion", options)
+    layers = _check_layers(params, layers)
+    blocks = {l: params["layers"][l]["mlp"] for l in layers}
+    for l, b in blocks.items():
+        _check_block(b, "fusion", width, opts, where=f"layer {l}: ")
+    keys = dict(zip(layers, jax.random.split(key, len(layers))))
+    return _kmeans_of_blocks(blocks, width, keys, opts)
+
+
+def _check_kmeans_result(km, blocks, width):
+    if not isinstance(km, dict) or set(km) != set(blocks):
+        got = sorted(km) if isinstance(km, dict) else type(km).__name__
+        raise CompressionError(f"kmeans_result must be a dict {{layer: KMeansResult}} for layers "
+                               f"{sorted(blocks)} (from kmeans_layers), got {got}")
+    for l, b in blocks.items():
+        want = (int(width), int(neuron_features(b).shape[1]))
+        if tuple(km[l].centroids.shape) != want or int(np.sum(np.asarray(km[l].counts))) != b.w1.shape[0]:
+            raise CompressionError(f"kmeans_result[{l}] does not fit layer {l} at width {width}: centroids "
+                                   f"{tuple(km[l].centroids.shape)}, expected {want}, counts summing to "
+                                   f"{b.w1.shape[0]}")
+
+
+def compress(cfg, params: dict, method: str, layers: Sequence[int], width: int, key, *, kmeans_result=None,
+             **options) -> dict:
+    """New params with the MLPs of `layers` compressed by `method` (via `replace_mlps`).
+
+    Layer layers[i] uses key `jax.random.split(key, len(layers))[i]`, so it equals
+    `compress_block(get_mlp(params, layers[i]), method, width, keys[i])` (k-means for all
+    layers of equal shape runs batched in one jitted call). `magnitude` uses one global
+    threshold over the chosen layers' W1 and W2. fusion/cluster: `kmeans_result` (from
+    `kmeans_layers` with the same params, layers, width, key and k-means options) skips
+    the k-means; the caller vouches that it was computed with those arguments.
+    """
+    opts = _options(method, options)
+    _check_activation(cfg.activation)
+    layers = _check_layers(params, layers)
     blocks = {l: params["layers"][l]["mlp"] for l in layers}
     for l, b in blocks.items():
         _check_block(b, method, width, opts, where=f"layer {l}: ")
+    if kmeans_result is not None:
+        if method not in ("fusion", "cluster"):
+            raise CompressionError(f"kmeans_result applies to fusion and cluster only, not {method!r}")
+        _check_kmeans_result(kmeans_result, blocks, width)
     keys = dict(zip(layers, jax.random.split(key, len(layers))))
 
     if method == "magnitude":
         masked = _magnitude_mask([blocks[l] for l in layers], float(opts["sparsity"]))
         return replace_mlps(params, dict(zip(layers, masked)))
 
-    new = {}
     if method in ("fusion", "cluster"):
-        groups = {}
-        for l in layers:
-            groups.setdefault((blocks[l].w1.shape, blocks[l].b1 is None), []).append(l)
-        for group in groups.values():
-            Xs = jnp.stack([neuron_features(blocks[l]) for l in group])
-            ks = jnp.stack([keys[l] for l in group])
-            km = _kmeans_batched(Xs, ks, jnp.float32(opts["tol"]), int(width), int(opts["n_init"]),
-                                 int(opts["max_iter"]))
-            for i, l in enumerate(group):
-                new[l] = _dispatch(blocks[l], method, width, keys[l], opts,
-                                   km=jax.tree_util.tree_map(lambda a: a[i], km))
+        km = kmeans_result if kmeans_result is not None else _kmeans_of_blocks(blocks, width, keys, opts)
+        new = {l: _dispatch(blocks[l], method, width, keys[l], opts, km=km[l]) for l in layers}
     else:
-        for l in layers:
-            new[l] = _dispatch(blocks[l], method, width, keys[l], opts)
+        new = {l: _dispatch(blocks[l], method, width, keys[l], opts) for l in layers}
     return replace_mlps(params, new)
