@@ -39,7 +39,7 @@ KERNEL_KINDS = ("ntk", "sign")
 NTK_PARAMS = ("compressed", "all-mlps", "all")
 OUTPUTS = ("class-prob", "target-logprob")
 DEFAULT_DATA = {"bert": "sample:sentiment", "roberta": "sample:sentiment", "gpt2": "sample:webnlg"}
-DEFAULT_N_INIT = 3  # reference: 30 restarts; 3 keeps the default run inside 2 minutes on a CPU
+DEFAULT_N_INIT = 3  # reference: 30 restarts; 3 keeps the default run well inside 2 minutes on a 2-core CPU
 
 
 class CompareError(ValueError):
