@@ -1,18 +1,21 @@
 """Benchmark the empirical NTK engine on roberta-base shapes (or tiny ones on CPU).
 
-    python scripts/bench_ntk.py --n 128 --seq 128 --layers 4-11 --out /tmp/bench_ntk \
-        [--peer ../shared/bench/torch_ntk_baseline.py]
-    python scripts/bench_ntk.py --n 1024 --out /tmp/bench_ntk_1024      # parameter blocks
-    python scripts/bench_ntk.py --small --out /tmp/bench_ntk_small      # CPU
+    python scripts/bench_ntk.py --n 128 --peer .bench/peers/torch_ntk_baseline.py --accuracy \
+        --variants full,full-gram-bf16x3,layers --out /tmp/bench_ntk
+    python scripts/bench_ntk.py --n 1024 --variants auto --out /tmp/bench_ntk_1024      # "layers"
+    python scripts/bench_ntk.py --small --variants full,layers --accuracy --out /tmp/s  # CPU
 
-Float32 without TF32 (`jax_default_matmul_precision = "highest"`) unless --precision.
-With --peer, the PyTorch baseline runs first in a subprocess, and ntkfuse loads the very
-same checkpoint and inputs (`ntkfuse.load`) and compares kernels (relative Frobenius).
-Reports compile time (first call) separately from the median of --repeats timed calls,
-peak device memory, and a floor: FLOPs (forward, backward down to the lowest selected
-layer, per-example weight-gradient einsums, Gram) over the fp32 matmul rate measured on
-this device, plus bytes of G written and read over the measured copy bandwidth.
-Writes result.json and result.md into --out (atomically).
+Every variant (see VARIANTS; "default" = the CLI options) runs in this one process after its own
+compile: first call (incl. compile), median of --repeats calls, peak device memory so far (the
+process maximum, so run the headline variant first). Matmuls are fp32 without TF32
+(`jax_default_matmul_precision = "highest"`) unless a variant names a bf16x* preset for all matmuls.
+With --peer, the PyTorch baseline runs first in a subprocess (`--peer-modes loop,vmap`: the loop
+warms CUDA, so the vmap time is warm), ntkfuse loads the very same checkpoint and inputs, and each
+variant reports its speed-up over the peer's vmap and loop totals from this same run.
+--accuracy: the float64 Gram of the same fp32 G (computed on the device) is the reference for every
+variant and for the peer, and the Gram alone is timed and checked per gram_precision / gram_impl.
+Floor: dense-matmul FLOPs (forward, backward to the lowest selected layer, per-example weight
+gradients, Gram) over the fp32 matmul rate measured here. Writes result.json / result.md atomically.
 """
 from __future__ import annotations
 
@@ -117,7 +120,12 @@ def main():
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--small", action="store_true", help="tiny shapes for CPU")
     ap.add_argument("--peer", default=None, help="path of torch_ntk_baseline.py to run and compare against")
-    ap.add_argument("--peer-modes", default="vmap")
+    ap.add_argument("--peer-modes", default="loop,vmap", help="loop first, so the vmap timing is warm")
+    ap.add_argument("--variants", default="default",
+                    help="comma list; 'default' = the CLI options; others: see VARIANTS (one compile each)")
+    ap.add_argument("--accuracy", action="store_true",
+                    help="float64 Gram of the same G as reference (needs G to fit) + Gram-only timings")
+    ap.add_argument("--time-limit", type=float, default=1e9, help="skip remaining variants after this many s")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
@@ -160,59 +168,195 @@ def main():
                 memory_budget_bytes=int(args.memory_budget_gb * 2**30) if args.memory_budget_gb else None)
 
     dev = jax.devices()[0]
-    t0 = time.perf_counter()
-    K, plan = ntk.kernels(cfg, params, batch, return_plan=True, **opts)
-    jax.block_until_ready(K)
-    first = time.perf_counter() - t0
-    times = []
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(ntk.kernels(cfg, params, batch, **opts))
-        times.append(time.perf_counter() - t0)
-    med = float(np.median(times))
-    stats = dev.memory_stats() or {}
+    t_start = time.perf_counter()
     flops_rate, bw = measure_rates(jax, jnp, args.small)
-    fl = floor_flops(cfg, args.n, args.seq, layers, plan.n_params, len(kinds))
-    itemsize = 2 if args.compute_dtype in ("bfloat16", "bf16") else 4
-    g_traffic = plan.g_bytes * (1 + len(kinds))       # G written once, read per kernel
-    floor_s = fl["total"] / flops_rate + g_traffic / bw
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(sel.split(params)[0]))
+    fl = floor_flops(cfg, args.n, args.seq, layers, n_params, len(kinds))
+    floor_s = fl["total"] / flops_rate
     result = {
         "device": str(dev.device_kind), "platform": dev.platform, "jax": jax.__version__,
-        "n": args.n, "seq": args.seq, "layers": layers, "n_params": plan.n_params, "kinds": list(kinds),
+        "n": args.n, "seq": args.seq, "layers": layers, "n_params": n_params, "kinds": list(kinds),
         "shapes": {"hidden": cfg.hidden, "intermediate": cfg.intermediate, "num_layers": cfg.num_layers,
                    "vocab": cfg.vocab_size},
-        "precision": args.precision, "compute_dtype": args.compute_dtype or "float32",
-        "plan": {"strategy": plan.strategy, "chunk": plan.chunk, "n_blocks": len(plan.blocks),
-                 "g_bytes": plan.g_bytes, "budget": plan.budget, "gram_flops_by_strategy": plan.flops},
-        "first_call_s": first, "compile_s_est": max(first - med, 0.0), "median_s": med, "times_s": times,
-        "peak_bytes_in_use": stats.get("peak_bytes_in_use"),
-        "measured_fp32_flops": flops_rate, "measured_copy_bw": bw, "floor_flops": fl,
-        "floor_s": floor_s, "measured_over_floor": med / floor_s,
-        "G_bytes_itemsize": itemsize,
+        "precision": args.precision, "measured_fp32_flops": flops_rate, "measured_copy_bw": bw,
+        "floor_flops": fl, "floor_s": floor_s,
+        "floor_note": "dense-matmul FLOPs of forward, backward to the lowest selected layer, per-example weight "
+                      "gradients and Gram, at the measured fp32 (no TF32) matmul rate",
+        "variants": {},
     }
     if peer is not None:
-        ref = np.load(out / "peer" / "kernels.npz")
         result["peer"] = peer
-        result["rel_diff_vs_peer"] = {k: ntk.ntk_error(np.asarray(K[k]), ref[r])["rel"]
-                                      for k, r in (("ntk", "K_ntk"), ("sign", "K_sign")) if k in K}
-        mode = args.peer_modes.split(",")[-1]
-        if mode in peer:
-            result["speedup_vs_peer_" + mode] = peer[mode]["total_s"] / med
+    names = [v for v in args.variants.split(",") if v]
+    bad = [v for v in names if v not in VARIANTS and v != "default"]
+    if bad:
+        raise SystemExit(f"unknown variants {bad}; valid: default, {', '.join(VARIANTS)}")
+    kernels_by_variant = {}
+    for name in names:
+        if time.perf_counter() - t_start > args.time_limit:
+            result["variants"][name] = {"skipped": "time limit"}
+            continue
+        v = dict(VARIANTS.get(name, {}))
+        matmul = v.pop("matmul", args.precision)
+        o = dict(opts, **v)
+        if o.get("chunk") == -1:
+            o["chunk"] = args.n
+        try:
+            with jax.default_matmul_precision(matmul):
+                t0 = time.perf_counter()
+                K, plan = ntk.kernels(cfg, params, batch, return_plan=True, **o)
+                jax.block_until_ready(K)
+                first = time.perf_counter() - t0
+                times = []
+                for _ in range(args.repeats):
+                    t0 = time.perf_counter()
+                    jax.block_until_ready(ntk.kernels(cfg, params, batch, **o))
+                    times.append(time.perf_counter() - t0)
+        except Exception as e:  # noqa: BLE001 - e.g. a preset the backend lacks, or OOM: record, go on
+            result["variants"][name] = {"skipped": f"{type(e).__name__}: {str(e)[:300]}"}
+            print(name, "failed:", result["variants"][name]["skipped"], flush=True)
+            continue
+        med = float(np.median(times))
+        stats = dev.memory_stats() or {}
+        kernels_by_variant[name] = {k: np.asarray(K[k], np.float64) for k in K}
+        row = {"matmul_precision": matmul, "gram_precision": o.get("gram_precision", "highest"),
+               "gram_impl": plan.gram_impl, "compute_dtype": o.get("compute_dtype") or "float32",
+               "plan": {"strategy": plan.strategy, "chunk": plan.chunk, "n_blocks": len(plan.blocks),
+                        "d_chunks": list(plan.d_chunks), "g_bytes": plan.g_bytes, "budget": plan.budget},
+               "first_call_s": first, "median_s": med, "times_s": times, "measured_over_floor": med / floor_s,
+               "peak_bytes_in_use_so_far": stats.get("peak_bytes_in_use")}
+        if peer is not None:
+            ref = np.load(out / "peer" / "kernels.npz")
+            row["rel_diff_vs_peer"] = {k: ntk.ntk_error(kernels_by_variant[name][k], ref[r])["rel"]
+                                       for k, r in (("ntk", "K_ntk"), ("sign", "K_sign")) if k in K}
+            for mode in ("vmap", "loop"):
+                if mode in peer:
+                    row["speedup_vs_peer_" + mode] = peer[mode]["total_s"] / med
+        result["variants"][name] = row
+        print(name, json.dumps(row, default=float), flush=True)
+        atomic_write(out / "result.json", json.dumps(result, indent=2, default=float))
+        del K
+
+    if args.accuracy and "ntk" in kinds:
+        acc = accuracy_vs_float64(jax, jnp, ntk, cfg, params, batch, opts, kinds, args.repeats)
+        result["gram_only"] = acc["gram_only"]
+        for name, kv in kernels_by_variant.items():
+            result["variants"][name]["rel_vs_float64"] = {k: float(np.linalg.norm(kv[k] - acc["ref"][k])
+                                                              / np.linalg.norm(acc["ref"][k])) for k in kv}
+        if peer is not None:
+            ref = np.load(out / "peer" / "kernels.npz")
+            result["peer_rel_vs_float64"] = {k: float(np.linalg.norm(ref[r] - acc["ref"][k]) / np.linalg.norm(acc["ref"][k]))
+                                             for k, r in (("ntk", "K_ntk"), ("sign", "K_sign")) if k in kinds}
+    first_name = next(iter(kernels_by_variant), None)
+    for name, kv in kernels_by_variant.items():
+        result["variants"][name]["rel_vs_" + first_name] = {
+            k: float(np.linalg.norm(kv[k] - kernels_by_variant[first_name][k]) / np.linalg.norm(kernels_by_variant[first_name][k]))
+            for k in kv}
     atomic_write(out / "result.json", json.dumps(result, indent=2, default=float))
-    rows = [("device", result["device"]), ("N × T", f"{args.n} × {args.seq}"), ("params", f"{plan.n_params:,}"),
-            ("strategy", f"{plan.strategy} (chunk {plan.chunk}, {len(plan.blocks)} block(s))"),
-            ("first call (incl. compile) s", f"{first:.3f}"), ("median s", f"{med:.4f}"),
-            ("floor s", f"{floor_s:.4f}"), ("measured / floor", f"{med / floor_s:.2f}"),
-            ("peak device memory GB", f"{stats['peak_bytes_in_use'] / 1e9:.2f}" if stats.get("peak_bytes_in_use")
-             else "n/a")]
-    if peer is not None:
-        rows.append(("rel diff vs peer", json.dumps({k: f"{v:.2e}" for k, v in result["rel_diff_vs_peer"].items()})))
-        for k, v in result.items():
-            if k.startswith("speedup_vs_peer"):
-                rows.append((k, f"{v:.2f}×"))
-    md = "| quantity | value |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in rows) + "\n"
+    md = render_md(result)
     atomic_write(out / "result.md", md)
     print(md)
+
+
+def accuracy_vs_float64(jax, jnp, ntk, cfg, params, batch, opts, kinds, repeats):
+    """G of the same inputs (fp32, HIGHEST) → a float64 Gram on the device, the reference for every
+    variant; and the Gram alone, timed and checked per gram_precision / gram_impl on that same G."""
+    km = ntk.kernels_module
+    grads = ntk.per_example_grads(cfg, params, batch, output=opts["output"], selector=opts["selector"],
+                                  chunk=km.balanced_chunk(batch["input_ids"].shape[0], 64))
+    n = batch["input_ids"].shape[0]
+    leaves = [l.reshape(n, -1) for l in jax.tree_util.tree_leaves(grads)]
+    del grads
+    ref = {k: np.zeros((n, n)) for k in kinds}
+    with jax.enable_x64(True):
+        f64 = jax.jit(lambda g: (g.astype(jnp.float64) @ g.astype(jnp.float64).T,
+                                 g.astype(jnp.float64) @ jnp.sign(g).astype(jnp.float64).T))
+        for leaf in leaves:
+            for c in range(0, leaf.shape[1], 1 << 21):
+                a, b = f64(leaf[:, c:c + (1 << 21)])
+                if "ntk" in ref:
+                    ref["ntk"] += np.asarray(a)
+                if "sign" in ref:
+                    ref["sign"] += np.asarray(b)
+    out = {}
+    combos = [("highest", "split")] + [(gp, impl) for gp in ("bf16x3", "bf16x6", "bf16x9") for impl in ("split", "preset")
+                                       if impl == "split" or jax.default_backend() == "gpu"]
+    gk = tuple(k for k in kinds if k in ("ntk", "sign"))
+    for gp, impl in combos:
+        f = jax.jit(lambda ls: km._gram_add({k: jnp.zeros((n, n), jnp.float32) for k in gk}, ls, ls, gk, gp, impl))
+        try:
+            K = f(leaves)
+        except Exception as e:  # noqa: BLE001 - an unsupported preset is reported, not fatal
+            out[f"{gp}/{impl}"] = {"error": str(e)[:200]}
+            continue
+        jax.block_until_ready(K)
+        ts = []
+        for _ in range(max(repeats, 3)):
+            t0 = time.perf_counter()
+            jax.block_until_ready(f(leaves))
+            ts.append(time.perf_counter() - t0)
+        out[f"{gp}/{impl}"] = {"median_s": float(np.median(ts)),
+                               "rel_vs_float64": {k: float(np.linalg.norm(np.asarray(K[k], np.float64) - ref[k])
+                                                           / np.linalg.norm(ref[k])) for k in gk}}
+        print("gram", gp, impl, out[f"{gp}/{impl}"], flush=True)
+    return {"ref": ref, "gram_only": out}
+
+
+def render_md(r):
+    lines = [f"device {r['device']}, jax {r['jax']}, N × T = {r['n']} × {r['seq']}, {r['n_params']:,} params, "
+             f"kinds {','.join(r['kinds'])}; floor {r['floor_s']:.4f} s "
+             f"({r['floor_flops']['total'] / 1e12:.2f} TFLOP at {r['measured_fp32_flops'] / 1e12:.1f} TFLOP/s fp32)", ""]
+    if "peer" in r:
+        p = r["peer"]
+        lines.append("peer (torch.func): " + ", ".join(f"{m} {p[m]['total_s']:.3f} s (grads {p[m]['grads_s']:.3f} + "
+                                                        f"gram {p[m]['gram_s']:.3f})" for m in ("loop", "vmap") if m in p))
+        if "peer_rel_vs_float64" in r:
+            lines.append("peer rel vs float64: " + json.dumps({k: f"{v:.1e}" for k, v in r["peer_rel_vs_float64"].items()}))
+        lines.append("")
+    lines += ["| variant | matmuls | Gram | plan | median s | first call s | / floor | peak GB (so far) | "
+              "rel. diff | speed-up vs peer vmap |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, v in r["variants"].items():
+        if "skipped" in v:
+            lines.append(f"| {name} | skipped ({v['skipped'][:100]}) |||||||||")
+            continue
+        pl = v["plan"]
+        plan = f"{pl['strategy']} chunk {pl['chunk']}" + (f" d_chunks {pl['d_chunks']}" if pl["d_chunks"] else "") + (
+            f" {pl['n_blocks']} blocks" if pl["strategy"] == "blocks" else "")
+        first = next(iter(r["variants"]))
+        rel = ({f"{k} vs float64": x for k, x in v["rel_vs_float64"].items()} if "rel_vs_float64" in v
+               else {f"{k} vs {first}": x for k, x in v.get("rel_vs_" + first, {}).items()})
+        peak = v.get("peak_bytes_in_use_so_far")
+        lines.append(f"| {name} | {v['matmul_precision']} | {v['gram_precision']}/{v['gram_impl']} | {plan} | "
+                     f"{v['median_s']:.4f} | {v['first_call_s']:.1f} | {v['measured_over_floor']:.2f} | "
+                     f"{peak / 1e9 if peak else float('nan'):.1f} | "
+                     + ", ".join(f"{k} {x:.1e}" for k, x in rel.items()) + " | "
+                     + (f"{v['speedup_vs_peer_vmap']:.2f}×" if "speedup_vs_peer_vmap" in v else "–") + " |")
+    if "gram_only" in r:
+        lines += ["", "Gram alone on the same G (fp32 HIGHEST gradients):", "",
+                  "| gram precision / impl | median s | rel vs float64 |", "|---|---|---|"]
+        for k, v in r["gram_only"].items():
+            if "error" in v:
+                lines.append(f"| {k} | error: {v['error'][:80]} | |")
+            else:
+                lines.append(f"| {k} | {v['median_s']:.4f} | "
+                             + ", ".join(f"{a} {b:.1e}" for a, b in v["rel_vs_float64"].items()) + " |")
+    return "\n".join(lines) + "\n"
+
+
+VARIANTS = {
+    # name: kernels() options (+ "matmul": jax_default_matmul_precision for the whole computation)
+    "full": dict(strategy="full"),
+    "full-chunk-n": dict(strategy="full", chunk=-1),            # -1: one chunk of all N
+    "full-gram-bf16x3": dict(strategy="full", gram_precision="bf16x3"),
+    "full-gram-bf16x6": dict(strategy="full", gram_precision="bf16x6"),
+    "full-gram-bf16x6-split": dict(strategy="full", gram_precision="bf16x6", gram_impl="split"),
+    "layers": dict(strategy="layers"),
+    "layers-gram-bf16x3": dict(strategy="layers", gram_precision="bf16x3"),
+    "layers-gram-bf16x6": dict(strategy="layers", gram_precision="bf16x6"),
+    "full-all-bf16x9": dict(strategy="full", gram_precision="bf16x9", matmul="BF16_BF16_F32_X9"),
+    "full-all-bf16x6": dict(strategy="full", gram_precision="bf16x6", matmul="BF16_BF16_F32_X6"),
+    "layers-all-bf16x9": dict(strategy="layers", gram_precision="bf16x9", matmul="BF16_BF16_F32_X9"),
+    "auto": dict(),
+}
 
 
 if __name__ == "__main__":

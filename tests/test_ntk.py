@@ -129,12 +129,77 @@ def test_chunked_and_blocks_equal_full(model):
         np.testing.assert_allclose(blocks[k], full[k], rtol=1e-5, atol=1e-8)
 
 
-def test_memory_budget_picks_blocks(model):
+def test_memory_budget_picks_layers_or_blocks(model):
     cfg, params, batch, _, _ = model
     p_small = ntk.plan_kernels(cfg, params, batch, memory_budget_bytes=40_000)
     p_big = ntk.plan_kernels(cfg, params, batch, memory_budget_bytes=2**30)
-    assert p_big.strategy == "full" and len(p_big.blocks) == 1
-    assert p_small.strategy == "blocks" and len(p_small.blocks) > 1
+    assert p_big.strategy == "full" and len(p_big.blocks) == 1 and p_big.chunk == 5
+    assert p_small.strategy == "layers" and len(p_small.blocks) == 2   # MLP-only selection: one per layer
+    sel = ntk.by_path(lambda p: p[0] == "head" or p[-1] == "w1")
+    p_gen = ntk.plan_kernels(cfg, params, batch, selector=sel, memory_budget_bytes=40_000)
+    assert p_gen.strategy == "blocks" and len(p_gen.blocks) > 1
+
+
+def test_balanced_chunk():
+    bc = ntk.kernels_module.balanced_chunk
+    assert bc(128, 79) == 64 and bc(128, 200) == 128 and bc(1024, 300) == 256
+    assert bc(127, 79) == 64 and bc(5, 2) == 2 and bc(7, 1) == 1
+    for n in range(1, 60):
+        for cap in range(1, 70):
+            c = bc(n, cap)
+            n_chunks = -(-n // c)
+            assert c <= max(cap, 1) and n_chunks == -(-n // min(cap, n)) and n_chunks * c - n < n_chunks
+
+
+def test_gram_precision_split_is_float32_accurate():
+    """bf16 three-piece split vs a float64 Gram of the same float32 G (gradient-like spread of scales)."""
+    km = ntk.kernels_module
+    rng = np.random.default_rng(0)
+    g = (rng.standard_normal((12, 30000)) * np.exp(2 * rng.standard_normal((1, 30000)))).astype(np.float32)
+    hi, mid, lo = (np.asarray(x, np.float64) for x in km.split_bf16(jnp.asarray(g)))
+    assert np.all(np.abs(hi + mid + lo - g) <= 2.0 ** -24 * np.abs(g))
+    g64 = g.astype(np.float64)
+    ref = {"ntk": g64 @ g64.T, "sign": g64 @ np.sign(g64).T}
+    err = {}
+    for gp in ntk.GRAM_PRECISIONS:
+        f = jax.jit(lambda a: km._gram_add({k: jnp.zeros((12, 12)) for k in ref}, a, a, tuple(ref), gp))
+        out = f([jnp.asarray(g)])
+        err[gp] = {k: _rel(out[k], ref[k]) for k in ref}
+    for gp in ("highest", "bf16x6", "bf16x9"):
+        assert err[gp]["ntk"] < 1e-6 and err[gp]["sign"] < 1e-6, (gp, err)
+    assert err["bf16x3"]["sign"] < 1e-6                 # sign uses all three pieces in every scheme
+    assert 1e-6 < err["bf16x3"]["ntk"] < 2e-5, err      # hi·hi + hi·mid + mid·hi: ~16 bits
+
+
+def test_layers_strategy_equals_full_and_bruteforce(model):
+    cfg, params, batch, G, full = model
+    got, plan = ntk.kernels(cfg, params, batch, kinds=KINDS, strategy="layers", chunk=2,
+                            memory_budget_bytes=34_000, return_plan=True)
+    assert plan.strategy == "layers" and plan.d_chunks == (4, 2)   # D = 24 and the fused width 10, chunked
+    for k in KINDS:
+        np.testing.assert_allclose(got[k], full[k], rtol=1e-5, atol=1e-8)
+    # bf16x6 Gram, partial selection, cross kernel: still float64-accurate to float32 level
+    sel = ntk.by_path(lambda p: p[0] == "layers" and p[-1] in ("w1", "b2") or p[-1] == "w2" and p[1] == 1)
+    b1, b2 = _rows(batch, slice(0, N1)), _rows(batch, slice(N1, None))
+    got = ntk.kernels(cfg, params, b1, batch2=b2, selector=sel, kinds=KINDS, strategy="layers",
+                      gram_precision="bf16x6")
+    ref = _ref(G, sel, slice(0, N1), slice(N1, None))
+    for k in KINDS:
+        assert _rel(got[k], ref[k]) < 2e-5, k
+
+
+def test_layers_strategy_compiles_once_for_identical_layers():
+    cfg = ntkfuse.ModelConfig(family="bert", vocab_size=30, hidden=8, intermediate=12, num_layers=3,
+                              num_heads=2, max_positions=16, num_labels=2)
+    params = _params(cfg, 5, 4.0)
+    batch = _batch(np.random.default_rng(5), [5, 3, 4], 30, 0)
+    sel = ntk.mlp_layers([0, 1, 2])
+    before = ntk.kernels_module._layer_gram._cache_size()
+    got = ntk.kernels(cfg, params, batch, selector=sel, strategy="layers", memory_budget_bytes=2**30)
+    assert ntk.kernels_module._layer_gram._cache_size() == before + 1   # one executable for 3 layers
+    g = np.asarray(ntk.flatten_grads(ntk.per_example_grads(cfg, params, batch, selector=sel)), np.float64)
+    for k, ref in (("ntk", g @ g.T), ("sign", g @ np.sign(g).T)):
+        assert _rel(got[k], ref) < 2e-5, k
 
 
 def test_padding_does_not_change_kernel(model):
@@ -246,6 +311,10 @@ def test_bad_arguments(model):
         ntk.kernels(cfg, params, batch, strategy="fastest")
     with pytest.raises(ntk.NTKConfigError, match="chunk"):
         ntk.kernels(cfg, params, batch, chunk=0)
+    with pytest.raises(ntk.NTKConfigError, match="valid: highest, bf16x3"):
+        ntk.kernels(cfg, params, batch, gram_precision="fp16")
+    with pytest.raises(ntk.NTKConfigError, match="'layers' needs"):
+        ntk.kernels(cfg, params, batch, selector=ntk.all_params(), strategy="layers")
     with pytest.raises(ntk.NTKConfigError, match="tokens"):
         ntk.kernels(cfg, params, batch, kinds=("ntk", "sign"), strategy="tokens")
     with pytest.raises(ntk.OutputError, match="out of range"):

@@ -46,13 +46,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..models import DenseMLP, FusedMLP, check_batch, forward
+from ..models import DenseMLP, FusedMLP, check_batch
 from ..models.mlp import activation_fn
 from .outputs import class_prob
 from .selectors import Selector, SelectorError, all_mlps, leaf_paths, restrict
 
 KINDS = ("ntk", "sign", "sign_sym")
-STRATEGIES = ("auto", "full", "blocks", "tokens")
+STRATEGIES = ("auto", "full", "layers", "blocks", "tokens")
+GRAM_PRECISIONS = ("highest", "bf16x3", "bf16x6", "bf16x9")
+GRAM_IMPLS = ("auto", "split", "preset")
 _BATCH_KEYS = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "target_mask")
 _CPU_BUDGET = 4 * 2**30
 
@@ -106,6 +108,14 @@ def default_memory_budget() -> int:
     return _CPU_BUDGET
 
 
+def balanced_chunk(n: int, cap: int) -> int:
+    """Largest chunk ≤ cap that splits n examples into ceil(n / cap) nearly equal chunks, so the
+    padding of the last chunk is < the number of chunks (128 with cap 79 → 2 chunks of 64, not 79 + 49)."""
+    cap = max(1, min(int(cap), int(n)))
+    n_chunks = -(-n // cap)
+    return -(-n // n_chunks)
+
+
 def _chunked_map(fn, batch, n, chunk):
     """fn(batch_chunk) -> pytree with leading axis c, mapped over chunks with lax.map; result axis n.
 
@@ -145,25 +155,94 @@ def _flat(tree, n):
     return [leaf.reshape(n, -1) for leaf in jax.tree_util.tree_leaves(tree)]
 
 
-def _gram_add(acc, a_list, b_list, kinds):
-    """acc[kind] += Σ_leaves A_l op(B_l)ᵀ in float32."""
-    def dot(x, y):
-        return jnp.dot(x, y.T, preferred_element_type=jnp.float32)
+_SPLIT_PAIRS = {"bf16x3": ((0, 0), (0, 1), (1, 0)),
+                "bf16x6": ((0, 0), (0, 1), (1, 0), (0, 2), (2, 0), (1, 1)),
+                "bf16x9": ((0, 0), (0, 1), (1, 0), (0, 2), (2, 0), (1, 1), (1, 2), (2, 1), (2, 2))}
+_PRESETS = {"bf16x3": "BF16_BF16_F32_X3", "bf16x6": "BF16_BF16_F32_X6", "bf16x9": "BF16_BF16_F32_X9"}
 
+
+def _dot_t(x, y, precision=jax.lax.Precision.HIGHEST):
+    """x yᵀ with float32 accumulation (HIGHEST: true fp32 FMA, no TF32)."""
+    return jax.lax.dot_general(x, y, (((1,), (1,)), ((), ())), precision=precision,
+                               preferred_element_type=jnp.float32)
+
+
+def _resolve_impl(impl):
+    """"auto": XLA's presets on GPU (the explicit split's bf16 dots measured only ~5e-5 accurate on an
+    H100 under XLA), the explicit split elsewhere (XLA:CPU has no presets)."""
+    if impl != "auto":
+        return impl
+    return "preset" if jax.default_backend() == "gpu" else "split"
+
+
+def _piece_dot(x, y):
+    """x yᵀ of bf16 pieces with fp32 accumulation: bf16 tensor cores on GPU; on CPU the pieces are
+    widened to f32 first (exact), since XLA:CPU's bf16 dot accumulates less precisely (~5e-6)."""
+    if jax.default_backend() == "cpu":
+        return _dot_t(x.astype(jnp.float32), y.astype(jnp.float32))
+    return _dot_t(x, y, jax.lax.Precision.DEFAULT)
+
+
+def split_bf16(x):
+    """x (float32) = hi + mid + lo + O(2⁻²⁴|x|), each piece the bf16 rounding of the remainder."""
+    x = x.astype(jnp.float32)
+    hi = x.astype(jnp.bfloat16)
+    r = x - hi.astype(jnp.float32)
+    mid = r.astype(jnp.bfloat16)
+    lo = (r - mid.astype(jnp.float32)).astype(jnp.bfloat16)
+    return hi, mid, lo
+
+
+def _gram_ntk(a, b, gram, impl, same):
+    if gram == "highest" or a.dtype != jnp.float32:
+        return _dot_t(a, b)
+    if impl == "preset":
+        return _dot_t(a, b, getattr(jax.lax.DotAlgorithmPreset, _PRESETS[gram]))
+    pa = split_bf16(a)
+    pb = pa if same else split_bf16(b)
+    out = jnp.zeros((a.shape[0], b.shape[0]), jnp.float32)
+    for i, j in reversed(_SPLIT_PAIRS[gram]):          # small terms first
+        if same and i > j:
+            continue                                   # A_j A_iᵀ = (A_i A_jᵀ)ᵀ, added below
+        t = _piece_dot(pa[i], pb[j])
+        out = out + (t + t.T if same and i != j else t)
+    return out
+
+
+def _gram_sign(a, sb, gram, impl):
+    """A sign(B)ᵀ. "split": sign is exact in bf16, so every bf16 scheme uses A's three bf16 pieces
+    (3 products); "preset": XLA's BF16_BF16_F32_X* algorithm on (A, sign B)."""
+    if gram == "highest" or a.dtype != jnp.float32:
+        return _dot_t(a, sb)
+    if impl == "preset":
+        return _dot_t(a, sb, getattr(jax.lax.DotAlgorithmPreset, _PRESETS[gram]))
+    sb = sb.astype(jnp.bfloat16)
+    out = jnp.zeros((a.shape[0], sb.shape[0]), jnp.float32)
+    for piece in reversed(split_bf16(a)):
+        out = out + _piece_dot(piece, sb)
+    return out
+
+
+def _gram_add(acc, a_list, b_list, kinds, gram="highest", impl="split"):
+    if impl == "auto":
+        impl = _resolve_impl(impl)
+    """acc[kind] += Σ_leaves A_l op(B_l)ᵀ in float32 (`gram`: fp32 FMA or a bf16-split scheme)."""
+    same = a_list is b_list
     for a, b in zip(a_list, b_list):
         if "ntk" in kinds:
-            acc["ntk"] = acc["ntk"] + dot(a, b)
+            acc["ntk"] = acc["ntk"] + _gram_ntk(a, b, gram, impl, same)
         if "sign" in kinds or "sign_sym" in kinds:
             sb = jnp.sign(b)
             if "sign" in kinds:
-                acc["sign"] = acc["sign"] + dot(a, sb)
+                acc["sign"] = acc["sign"] + _gram_sign(a, sb, gram, impl)
             if "sign_sym" in kinds:
-                acc["sign_sym"] = acc["sign_sym"] + dot(jnp.sign(a), sb)
+                sa = sb if same else jnp.sign(a)
+                acc["sign_sym"] = acc["sign_sym"] + _dot_t(sa, sb)
     return acc
 
 
-@partial(jax.jit, static_argnames=("cfg", "output", "kinds", "chunk", "dtype"))
-def _kernels_explicit(sel, rest, batch, batch2, *, cfg, output, kinds, chunk, dtype):
+@partial(jax.jit, static_argnames=("cfg", "output", "kinds", "chunk", "dtype", "gram", "impl"))
+def _kernels_explicit(sel, rest, batch, batch2, *, cfg, output, kinds, chunk, dtype, gram, impl):
     sel, rest = _cast(sel, dtype), _cast(rest, dtype)
     n1 = batch["input_ids"].shape[0]
     a = _flat(_grads_tree(cfg, output, sel, rest, batch, chunk), n1)
@@ -173,75 +252,159 @@ def _kernels_explicit(sel, rest, batch, batch2, *, cfg, output, kinds, chunk, dt
         n2 = batch2["input_ids"].shape[0]
         b = _flat(_grads_tree(cfg, output, sel, rest, batch2, chunk), n2)
     acc = {k: jnp.zeros((n1, n2), jnp.float32) for k in kinds}
-    return _gram_add(acc, a, b, kinds)
+    return _gram_add(acc, a, b, kinds, gram, impl)
 
 
 # --------------------------------------------------------------------------- Jacobian-free (tokens)
 
 
+@jax.custom_vjp
+def _tap(x, s):
+    """Identity in x whose "cotangent" for the zero tap s is x itself: a gradient w.r.t. s returns the
+    activation x from the same forward/backward pass (no second forward)."""
+    return x
+
+
+def _tap_fwd(x, s):
+    return x, (x, s.shape)
+
+
+def _tap_bwd(res, ct):
+    x, shape = res
+    lead = tuple(range(x.ndim - len(shape)))       # the per-example forward adds a batch axis of 1
+    return ct, jnp.sum(x, axis=lead).reshape(shape)
+
+
+_tap.defvjp(_tap_fwd, _tap_bwd)
+
+
 @dataclasses.dataclass(frozen=True)
 class _ProbedMLP(DenseMLP):
-    """A Dense/Fused block with zero probes added to its pre-activation (p1) and output (p2):
-    ∂f/∂p are the per-token cotangents δ. `counts` = the fused scaling (None for dense)."""
+    """A Dense/Fused block with zero probes on its pre-activation (p1) and output (p2), whose
+    gradients are the per-token cotangents δ1, δ2, and zero taps on its input (s1) and on W2's input
+    (s2), whose "gradients" are u1, u2. Any of them may be None. `counts`: fused scaling or None."""
     p1: jax.Array = None
     p2: jax.Array = None
+    s1: jax.Array = None
+    s2: jax.Array = None
     counts: Optional[tuple] = None
 
     def __call__(self, x, act):
-        z = x @ self.w1.T.astype(x.dtype) + self.p1.astype(x.dtype)
+        if self.s1 is not None:
+            x = _tap(x, self.s1)
+        z = x @ self.w1.T.astype(x.dtype)
+        if self.p1 is not None:
+            z = z + self.p1.astype(x.dtype)
         if self.b1 is not None:
             z = z + self.b1.astype(x.dtype)
         h = act(z)
         if self.counts is not None:
             h = h * jnp.asarray(self.counts, x.dtype)
-        y = h @ self.w2.T.astype(x.dtype) + self.p2.astype(x.dtype)
+        if self.s2 is not None:
+            h = _tap(h, self.s2)
+        y = h @ self.w2.T.astype(x.dtype)
+        if self.p2 is not None:
+            y = y + self.p2.astype(x.dtype)
         return y if self.b2 is None else y + self.b2.astype(x.dtype)
 
 
-jax.tree_util.register_dataclass(_ProbedMLP, data_fields=["w1", "b1", "w2", "b2", "p1", "p2"],
+jax.tree_util.register_dataclass(_ProbedMLP, data_fields=["w1", "b1", "w2", "b2", "p1", "p2", "s1", "s2"],
                                  meta_fields=["counts"])
 
+_FACTORS = ("d1", "u1", "d2", "u2")   # δ1 (T,D), u1 (T,d), δ2 (T,d), u2 (T,D) per example
 
-def _mlp_post(block, x, activation):
-    """(u2 = the input of W2) for a Dense/Fused block, per token."""
-    z = x @ block.w1.T.astype(x.dtype)
-    if block.b1 is not None:
-        z = z + block.b1.astype(x.dtype)
-    h = activation_fn(activation)(z)
-    if isinstance(block, FusedMLP):
-        h = h * block.scale(x.dtype)
-    return h
+
+def _probe_factors(cfg, output, params, batch, layers, want=_FACTORS):
+    """{layer: tuple of the `want` factors, each (N, T, ·)} from ONE batched forward + backward."""
+    n, t = batch["input_ids"].shape
+    dt = params["layers"][layers[0]]["mlp"].w1.dtype
+    dims = {"d1": None, "u1": cfg.hidden, "d2": cfg.hidden, "u2": None}
+
+    def zeros(l, f):
+        return jnp.zeros((n, t, dims[f] or params["layers"][l]["mlp"].width), dt)
+
+    probes = {l: {f: zeros(l, f) for f in want} for l in layers}
+
+    def inject(pr):
+        lays = list(params["layers"])
+        for l in layers:
+            m = lays[l]["mlp"]
+            counts = m.counts if isinstance(m, FusedMLP) else None
+            q = pr[l]
+            lays[l] = dict(lays[l], mlp=_ProbedMLP(m.w1, m.b1, m.w2, m.b2, q.get("d1"), q.get("d2"), q.get("u1"),
+                                                   q.get("u2"), counts))
+        return {**params, "layers": lays}
+
+    def total(pr):
+        one = lambda q, ex: output(cfg, inject(q), ex)  # noqa: E731
+        return jnp.sum(jax.vmap(one)(pr, batch))
+
+    g = jax.grad(total)(probes)
+    return {l: tuple(g[l][f] for f in want) for l in layers}
 
 
 def _token_factors(cfg, output, params, batch, layers):
     """Per layer: (δ1 (N,T,D), u1 (N,T,d), δ2 (N,T,d), u2 (N,T,D))."""
-    n, t = batch["input_ids"].shape
+    return _probe_factors(cfg, output, params, batch, layers, _FACTORS)
 
-    def inject(probes):
-        blocks = {}
-        for l in layers:
-            m = params["layers"][l]["mlp"]
-            counts = m.counts if isinstance(m, FusedMLP) else None
-            blocks[l] = _ProbedMLP(m.w1, m.b1, m.w2, m.b2, probes[l][0], probes[l][1], counts)
-        lays = [dict(lp, mlp=blocks[i]) if i in blocks else lp for i, lp in enumerate(params["layers"])]
-        return {**params, "layers": lays}
 
-    def total(probes):
-        one = lambda pr, ex: output(cfg, inject(pr), ex)  # noqa: E731
-        return jnp.sum(jax.vmap(one)(probes, batch))
+# --------------------------------------------------------------------------- per-layer (compile once)
 
-    dt = params["layers"][layers[0]]["mlp"].w1.dtype
-    probes = {l: (jnp.zeros((n, t, params["layers"][l]["mlp"].width), dt), jnp.zeros((n, t, cfg.hidden), dt))
-              for l in layers}
-    deltas = jax.grad(total)(probes)
-    fwd_batch = {k: v for k, v in batch.items() if k != "target_mask"}
-    xs = forward(cfg, params, fwd_batch, collect=True).mlp_inputs
-    out = {}
-    for l in layers:
-        m = params["layers"][l]["mlp"]
-        x = xs[l]
-        out[l] = (deltas[l][0], x, deltas[l][1], _mlp_post(m, x, cfg.activation))
+
+@partial(jax.jit, static_argnames=("cfg", "output", "layers", "chunk", "dtype"))
+def _layer_inputs(params, batch, *, cfg, output, layers, chunk, dtype):
+    """(u1, δ2) of every selected MLP for all N examples, `chunk` examples per forward/backward."""
+    params = _cast(params, dtype)
+    n = batch["input_ids"].shape[0]
+    return _chunked_map(lambda b: _probe_factors(cfg, output, params, b, layers, ("u1", "d2")), batch, n, chunk)
+
+
+def _layer_parts(block, u1, d2, c, dc, names, act):
+    """Per-example gradient columns of one D-chunk c (width dc) of a Dense/Fused block, recomputing
+    z, u2 = σ(z)·n and δ1 = σ'(z)·n·(δ2 W2) from (u1, δ2): [g_W1[c], g_b1[c], g_W2[:, c]], each (N, ·)."""
+    n = u1.shape[0]
+    w1c = jax.lax.dynamic_slice_in_dim(block.w1, c * dc, dc, 0).astype(u1.dtype)
+    w2c = jax.lax.dynamic_slice_in_dim(block.w2, c * dc, dc, 1).astype(u1.dtype)
+    z = jnp.einsum("ntd,cd->ntc", u1, w1c)
+    if block.b1 is not None:
+        z = z + jax.lax.dynamic_slice_in_dim(block.b1, c * dc, dc, 0).astype(u1.dtype)
+    h, act_vjp = jax.vjp(act, z)
+    dh = jnp.einsum("ntk,kc->ntc", d2, w2c)
+    if isinstance(block, FusedMLP):
+        sc = jax.lax.dynamic_slice_in_dim(block.scale(u1.dtype), c * dc, dc, 0)
+        h, dh = h * sc, dh * sc
+    out = []
+    if "w1" in names or "b1" in names:
+        dz = act_vjp(dh)[0]
+        if "w1" in names:
+            out.append(jnp.einsum("ntc,ntd->ncd", dz, u1).reshape(n, -1))
+        if "b1" in names:
+            out.append(dz.sum(1))
+    if "w2" in names:
+        out.append(jnp.einsum("ntk,ntc->nkc", d2, h).reshape(n, -1))
     return out
+
+
+@partial(jax.jit, static_argnames=("names", "kinds", "activation", "d_chunks", "gram", "impl"))
+def _layer_gram(block, fa, fb, *, names, kinds, activation, d_chunks, gram, impl):
+    """Σ over this layer's selected leaves of G_a op(G_b)ᵀ, G formed D-chunk by D-chunk from (u1, δ2).
+    Its arguments have the same shapes for every layer of a model, so one executable serves them all."""
+    act = activation_fn(activation)
+    n1, n2 = fa[0].shape[0], (fa if fb is None else fb)[0].shape[0]
+    dc = block.w1.shape[0] // d_chunks
+
+    def body(acc, c):
+        a = _layer_parts(block, *fa, c, dc, names, act)
+        b = a if fb is None else _layer_parts(block, *fb, c, dc, names, act)
+        return _gram_add(acc, a, b, kinds, gram, impl), None
+
+    acc = {k: jnp.zeros((n1, n2), jnp.float32) for k in kinds}
+    if names != ("b2",):
+        acc, _ = jax.lax.scan(body, acc, jnp.arange(d_chunks))
+    if "b2" in names:
+        a = [fa[1].sum(1)]
+        acc = _gram_add(acc, a, a if fb is None else [fb[1].sum(1)], kinds, gram, impl)
+    return acc
 
 
 def _pair_gram(da, ua, db, ub, rows):
@@ -306,6 +469,9 @@ class Plan:
     budget: int
     flops: dict                # strategy -> estimated FLOPs of the Gram part
     rows: int = 0              # tokens strategy: row chunk
+    d_chunks: tuple = ()       # layers strategy: per selected layer, chunks of its hidden width D
+    gram_precision: str = "highest"
+    gram_impl: str = "split"
 
 
 def _act_bytes(cfg, t, itemsize):
@@ -317,10 +483,20 @@ def _act_bytes(cfg, t, itemsize):
     return int(b)
 
 
+def _d_chunks(width, per_col, room):
+    """Smallest divisor k of `width` with (width / k) columns' bytes (`per_col` each) within `room`."""
+    for k in range(1, width + 1):
+        if width % k == 0 and (width // k) * per_col <= room:
+            return k
+    return width
+
+
 def plan_kernels(cfg, params, batch, *, selector=None, kinds=("ntk", "sign"), batch2=None, chunk=None,
-                 param_block=None, compute_dtype=None, strategy="auto", memory_budget_bytes=None) -> Plan:
+                 param_block=None, compute_dtype=None, strategy="auto", memory_budget_bytes=None,
+                 gram_precision="highest", gram_impl="auto") -> Plan:
     """Choose a strategy by cost: the Jacobian-free path when only "ntk" is asked and it is
-    cheaper in FLOPs; otherwise "full" when G fits the budget, else parameter blocks."""
+    cheaper in FLOPs; otherwise "full" when G fits the budget, else "layers" (MLP-only
+    selections) or parameter "blocks". Example chunks are balanced (no wasted padded work)."""
     selector = all_mlps() if selector is None else selector
     if strategy not in STRATEGIES:
         raise NTKConfigError(f"unknown strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")
@@ -328,6 +504,13 @@ def plan_kernels(cfg, params, batch, *, selector=None, kinds=("ntk", "sign"), ba
     bad = [k for k in kinds if k not in KINDS]
     if bad or not kinds:
         raise NTKConfigError(f"unknown kernel kinds {bad or kinds}; valid: {', '.join(KINDS)}")
+    if gram_precision not in GRAM_PRECISIONS:
+        raise NTKConfigError(f"unknown gram_precision {gram_precision!r}; valid: {', '.join(GRAM_PRECISIONS)}")
+    if gram_impl not in GRAM_IMPLS:
+        raise NTKConfigError(f"unknown gram_impl {gram_impl!r}; valid: {', '.join(GRAM_IMPLS)}")
+    gram_impl = _resolve_impl(gram_impl)
+    if gram_impl == "preset" and gram_precision != "highest" and jax.default_backend() != "gpu":
+        raise NTKConfigError(f"gram_impl 'preset' needs a GPU (backend is {jax.default_backend()!r}); use 'split'")
     if chunk is not None and (not isinstance(chunk, (int, np.integer)) or chunk < 1):
         raise NTKConfigError(f"chunk must be a positive int, got {chunk!r}")
     if param_block is not None and (not isinstance(param_block, (int, np.integer)) or param_block < 1):
@@ -339,14 +522,25 @@ def plan_kernels(cfg, params, batch, *, selector=None, kinds=("ntk", "sign"), ba
     n1, t1 = np.shape(batch["input_ids"])
     n2, t2 = (n1, t1) if batch2 is None else np.shape(batch2["input_ids"])
     nn = n1 if batch2 is None else n1 + n2
+    nmax = max(n1, n2)
     flat = dict(zip(leaf_paths(params), jax.tree_util.tree_leaves(params)))
     paths = [p for p in flat if selector(p)]
     sizes = {p: int(np.prod(flat[p].shape)) for p in paths}
     n_params = sum(sizes.values())
     g_bytes = nn * n_params * itemsize
     act = _act_bytes(cfg, max(t1, t2), itemsize)
+    fixed_chunk = chunk is not None
+    biggest = max(int(np.prod(flat[p].shape)) for p in paths)
+    # a leaf's sign (and its three bf16 pieces when the Gram is split) next to G
+    leaf_extra = nmax * biggest * (itemsize + (3 * 2 if gram_precision != "highest" else 0))
     if chunk is None:
-        chunk = int(max(1, min(max(n1, n2), (budget // 4) // max(act, 1))))
+        # "full": all N in one vmapped chunk when G + activations fit (no lax.map, no per-chunk copy of G);
+        # else the largest balanced chunk whose activations and per-chunk G fit next to G.
+        room = budget - g_bytes - leaf_extra
+        if room >= nmax * act:
+            chunk = nmax
+        else:
+            chunk = balanced_chunk(nmax, max(room, 0) // max(act + n_params * itemsize, 1))
 
     # FLOPs of the Gram part (both strategies share the backward pass).
     n_kinds = len(kinds)
@@ -362,25 +556,39 @@ def plan_kernels(cfg, params, batch, *, selector=None, kinds=("ntk", "sign"), ba
     if strategy == "tokens" and (spec is None or kinds != ("ntk",)):
         raise NTKConfigError("strategy 'tokens' needs kinds=('ntk',) and a selection of only w1/b1/w2/b2 of "
                              "DenseMLP/FusedMLP blocks")
+    if strategy == "layers" and spec is None:
+        raise NTKConfigError("strategy 'layers' needs a selection of only w1/b1/w2/b2 of DenseMLP/FusedMLP blocks")
     if strategy == "auto":
         if spec is not None and kinds == ("ntk",) and flops["tokens"] < flops["full"]:
             strategy = "tokens"
         elif param_block is not None:
             strategy = "blocks"
         else:
-            biggest = max(sizes.values())
-            need = g_bytes + max(n1, n2) * biggest * itemsize + chunk * act
-            strategy = "full" if need <= budget else "blocks"
-    rows = 0
+            chunk_g = 0 if chunk >= nmax else chunk * n_params * itemsize   # lax.map's per-chunk G
+            need = g_bytes + leaf_extra + chunk * act + chunk_g
+            strategy = "full" if need <= budget else ("layers" if spec is not None else "blocks")
+    rows, d_chunks = 0, ()
     if strategy == "tokens":
         per_row = n2 * t1 * t2 * 4 * 3
         rows = int(max(1, min(n1, (budget // 4) // max(per_row, 1))))
         blocks = (tuple(paths),)
     elif strategy == "full":
         blocks = (tuple(paths),)
+    elif strategy == "layers":
+        blocks = tuple(tuple(p for p in paths if p[1] == l) for l, _ in spec)
+        factor_bytes = nn * max(t1, t2) * 2 * cfg.hidden * itemsize * len(spec)
+        if not fixed_chunk:
+            chunk = balanced_chunk(nmax, max(budget // 4 - factor_bytes, 0) // max(act, 1))
+        room = max(budget // 2 - factor_bytes, 0)
+        # per hidden unit: a row of W1, its bias, a column of W2, for both sets; G part + pieces + sign
+        mult = 1 + (3 * 2 / itemsize if gram_precision != "highest" else 0) + 1
+        per_col = int(nn * (2 * cfg.hidden + 1) * itemsize * mult)
+        d_chunks = tuple(_d_chunks(params["layers"][l]["mlp"].width, per_col, room) for l, _ in spec)
     else:
+        if not fixed_chunk:
+            chunk = balanced_chunk(nmax, (budget // 8) // max(act, 1))
         if param_block is None:
-            param_block = max(1, int((budget // 2 - chunk * act) // max(nn * itemsize * 2, 1)))
+            param_block = max(1, int((budget * 3 // 4 - chunk * act) // max(int(nn * itemsize * 2.5), 1)))
         blocks, cur, cur_n = [], [], 0
         for p in paths:
             if cur and cur_n + sizes[p] > param_block:
@@ -390,7 +598,8 @@ def plan_kernels(cfg, params, batch, *, selector=None, kinds=("ntk", "sign"), ba
             cur_n += sizes[p]
         blocks.append(tuple(cur))
         blocks = tuple(blocks)
-    return Plan(strategy, int(chunk), blocks, n_params, g_bytes, act, budget, flops, rows)
+    return Plan(strategy, int(chunk), blocks, n_params, g_bytes, act, budget, flops, rows, d_chunks,
+                gram_precision, gram_impl)
 
 
 # --------------------------------------------------------------------------- public API
@@ -398,14 +607,18 @@ def plan_kernels(cfg, params, batch, *, selector=None, kinds=("ntk", "sign"), ba
 
 def kernels(cfg, params, batch, *, output=None, selector=None, kinds=("ntk", "sign"), batch2=None,
             chunk=None, param_block=None, compute_dtype=None, strategy="auto",
-            memory_budget_bytes=None, return_plan=False):
+            memory_budget_bytes=None, gram_precision="highest", gram_impl="auto", return_plan=False):
     """Empirical NTKs {kind: (N1, N2) float32} of scalar `output` w.r.t. the `selector`'s params.
 
     output: default `class_prob(0)`; selector: default `all_mlps()`; kinds ⊆ KINDS;
     batch2: cross-kernel against a second set; chunk: examples per vmapped chunk;
     param_block: max parameters per block (forces "blocks" under "auto");
     compute_dtype: e.g. "bfloat16" (accumulation stays float32); strategy: one of
-    STRATEGIES; memory_budget_bytes: default 80% of device memory (4 GiB on CPU).
+    STRATEGIES; memory_budget_bytes: default 80% of device memory (4 GiB on CPU);
+    gram_precision: "highest" (fp32 FMA) or "bf16x3"/"bf16x6"/"bf16x9" (G split into three bf16
+    pieces, products on bf16 tensor cores with fp32 accumulation; "sign" always uses all three
+    pieces); gram_impl: "split" (explicit pieces), "preset" (XLA's DotAlgorithmPreset
+    BF16_BF16_F32_X*, GPU only) or "auto" (preset on GPU, split elsewhere).
     """
     output = class_prob(0) if output is None else output
     selector = all_mlps() if selector is None else selector
@@ -418,19 +631,33 @@ def kernels(cfg, params, batch, *, output=None, selector=None, kinds=("ntk", "si
     b2 = None if batch2 is None else _prepare(cfg, batch2, output)
     plan = plan_kernels(cfg, params, b1, selector=selector, kinds=kinds, batch2=b2, chunk=chunk,
                         param_block=param_block, compute_dtype=compute_dtype, strategy=strategy,
-                        memory_budget_bytes=memory_budget_bytes)
+                        memory_budget_bytes=memory_budget_bytes, gram_precision=gram_precision,
+                        gram_impl=gram_impl)
     kinds = tuple(kinds)
+    gram = dict(gram=gram_precision, impl=plan.gram_impl)
     dtype = _dtype(compute_dtype)
     if plan.strategy == "tokens":
         spec = _tokens_spec(params, list(plan.blocks[0]))
         out = _kernels_tokens(params, b1, b2, cfg=cfg, output=output, spec=spec, rows=plan.rows, dtype=dtype)
+    elif plan.strategy == "layers":
+        spec = _tokens_spec(params, [p for b in plan.blocks for p in b])
+        layers = tuple(l for l, _ in spec)
+        fa = _layer_inputs(params, b1, cfg=cfg, output=output, layers=layers, chunk=plan.chunk, dtype=dtype)
+        fb = None if b2 is None else _layer_inputs(params, b2, cfg=cfg, output=output, layers=layers,
+                                                   chunk=plan.chunk, dtype=dtype)
+        out = None
+        for (l, names), dch in zip(spec, plan.d_chunks):
+            block = _cast(params["layers"][l]["mlp"], dtype)
+            part = _layer_gram(block, fa[l], None if fb is None else fb[l], names=names, kinds=kinds,
+                               activation=cfg.activation, d_chunks=dch, **gram)
+            out = part if out is None else {k: out[k] + part[k] for k in kinds}
     else:
         out = None
         for block in plan.blocks:
             sel = selector if plan.strategy == "full" else restrict(selector, block)
             s, r = sel.split(params)
             part = _kernels_explicit(s, r, b1, b2, cfg=cfg, output=output, kinds=kinds, chunk=plan.chunk,
-                                     dtype=dtype)
+                                     dtype=dtype, **gram)
             out = part if out is None else {k: out[k] + part[k] for k in kinds}
     return (out, plan) if return_plan else out
 
@@ -455,5 +682,5 @@ def flatten_grads(grads) -> jax.Array:
     return jnp.concatenate([l.reshape(n, -1) for l in leaves], axis=1)
 
 
-__all__ = ["KINDS", "STRATEGIES", "NTKConfigError", "Plan", "plan_kernels", "kernels", "per_example_grads",
+__all__ = ["KINDS", "STRATEGIES", "GRAM_PRECISIONS", "GRAM_IMPLS", "balanced_chunk", "split_bf16", "NTKConfigError", "Plan", "plan_kernels", "kernels", "per_example_grads",
            "flatten_grads", "default_memory_budget"]
