@@ -224,8 +224,6 @@ def _gram_sign(a, sb, gram, impl):
 
 
 def _gram_add(acc, a_list, b_list, kinds, gram="highest", impl="split"):
-    if impl == "auto":
-        impl = _resolve_impl(impl)
     """acc[kind] += Σ_leaves A_l op(B_l)ᵀ in float32 (`gram`: fp32 FMA or a bf16-split scheme)."""
     same = a_list is b_list
     for a, b in zip(a_list, b_list):
