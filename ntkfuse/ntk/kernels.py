@@ -528,7 +528,7 @@ def plan_kernels(cfg, params, batch, *, selector=None, kinds=("ntk", "sign"), ba
     g_bytes = nn * n_params * itemsize
     act = _act_bytes(cfg, max(t1, t2), itemsize)
     fixed_chunk = chunk is not None
-    biggest = max(int(np.prod(flat[p].shape)) for p in paths)
+    biggest = max(sizes.values())
     # a leaf's sign (and its three bf16 pieces when the Gram is split) next to G
     leaf_extra = nmax * biggest * (itemsize + (3 * 2 if gram_precision != "highest" else 0))
     if chunk is None:
