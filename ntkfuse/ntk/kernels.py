@@ -46,6 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..checkpoints import as_dtype
 from ..models import DenseMLP, FusedMLP, check_batch
 from ..models.mlp import activation_fn
 from .outputs import class_prob
@@ -87,14 +88,13 @@ def _cast(tree, dtype):
 
 
 def _dtype(compute_dtype):
+    """The loader's dtype names (`checkpoints.as_dtype`), as a scalar type; None stays None."""
     if compute_dtype is None:
         return None
-    names = {"float32": jnp.float32, "fp32": jnp.float32, "bfloat16": jnp.bfloat16, "bf16": jnp.bfloat16}
-    if isinstance(compute_dtype, str):
-        if compute_dtype not in names:
-            raise NTKConfigError(f"compute_dtype {compute_dtype!r}; expected one of {sorted(names)}")
-        return names[compute_dtype]
-    return jnp.dtype(compute_dtype).type
+    try:
+        return jnp.dtype(as_dtype(compute_dtype)).type
+    except ValueError as e:
+        raise NTKConfigError(f"compute_dtype: {e}") from None
 
 
 def default_memory_budget() -> int:
