@@ -126,8 +126,7 @@ def by_path(predicate: Callable[[tuple], bool]) -> Selector:
 
 def restrict(selector: Selector, paths) -> Selector:
     """Selector of `selector`'s leaves that are also in `paths` (used for parameter blocks)."""
-    keep = frozenset(paths)
-    return by_path(_InSet(keep))
+    return by_path(_InSet(frozenset(p for p in paths if selector(p))))
 
 
 @dataclasses.dataclass(frozen=True)
