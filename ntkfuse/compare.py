@@ -33,7 +33,7 @@ import numpy as np
 from . import __version__
 from .checkpoints import load
 from .data import DataError, load_examples, make_batch
-from .models import check_batch, count_params, get_mlp
+from .models import check_batch, get_mlp
 
 KERNEL_KINDS = ("ntk", "sign")
 NTK_PARAMS = ("compressed", "all-mlps", "all")
@@ -348,15 +348,6 @@ def _read_json(path: Path):
 # --------------------------------------------------------------------------- the work
 
 
-def _num_params(tree) -> int:
-    return int(sum(np.size(x) for x in jax.tree_util.tree_leaves(tree)))
-
-
-def _nonzero(tree) -> int:
-    # on the host: an eager jnp.count_nonzero compiles once per leaf shape (~0.1 s each)
-    return int(sum(np.count_nonzero(np.asarray(x)) for x in jax.tree_util.tree_leaves(tree)))
-
-
 def _kernels(plan: Plan, params, scalar, selector) -> dict:
     from . import ntk
     kinds = tuple(k for k in KERNEL_KINDS if k in parse_list(plan.config.kernel))
@@ -426,16 +417,14 @@ def run_method(plan: Plan, method: str, K_ref: dict, kmeans_cache: Optional[dict
     # output_error indexes HF-style hidden states: l + 1 is layer l's output.
     oe = ntk.output_error(cfg, params, new, [plan.batch], plan.output_layer + 1)
     total = time.perf_counter() - t0
-    orig_blocks = [get_mlp(params, l) for l in layers]
-    new_blocks = [get_mlp(new, l) for l in layers]
     row = {
         "method": method,
         "options": opts,
-        "mlp_params": sum(count_params(b) for b in new_blocks),
-        "mlp_params_orig": sum(count_params(b) for b in orig_blocks),
-        "mlp_nonzero": _nonzero(new_blocks),
-        "total_params": _num_params(new),
-        "total_params_orig": _num_params(params),
+        "mlp_params": C.param_count(new, layers),
+        "mlp_params_orig": C.param_count(params, layers),
+        "mlp_nonzero": C.nonzero_params(new, layers),   # counted on the host: no per-shape compiles
+        "total_params": C.param_count(new),
+        "total_params_orig": C.param_count(params),
         "out_err_layer": float(oe["layer"]),
         "out_err_logits": float(oe["logits"]),
         **errs,
@@ -443,7 +432,7 @@ def run_method(plan: Plan, method: str, K_ref: dict, kmeans_cache: Optional[dict
         "kernel_s": t_kernel,
         "time_s": total,
         **km_info,
-        "block_kinds": sorted({type(b).__name__ for b in new_blocks}),
+        "block_kinds": sorted({type(get_mlp(new, l)).__name__ for l in layers}),
         "method_hash": method_hash(plan, method),
     }
     return row
