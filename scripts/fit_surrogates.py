@@ -25,7 +25,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import sys
 import time
 
@@ -37,18 +36,12 @@ class UsageError(ValueError):
 
 
 def parse_layers(text: str) -> list[int]:
-    out = []
+    """ntk_compare's parser ('2-5', '4,5,6', '1-2,7'; empty ranges and repeats refused)."""
+    from ntkfuse.compare import CompareError, parse_layers as parse
     try:
-        for part in text.split(","):
-            part = part.strip()
-            if "-" in part:
-                a, b = part.split("-")
-                out.extend(range(int(a), int(b) + 1))
-            elif part:
-                out.append(int(part))
-    except ValueError:
-        raise UsageError(f"--layers {text!r}: expected e.g. 2-5 or 2,3,4,5") from None
-    return out
+        return list(parse(text))
+    except CompareError as e:
+        raise UsageError(f"--layers: {e}") from None
 
 
 def parse_args(argv=None):
@@ -105,10 +98,6 @@ def check_args(a, methods):
     if a.lr <= 0:
         raise UsageError("--lr must be > 0")
     layers = parse_layers(a.layers)
-    if not layers:
-        raise UsageError("--layers is empty")
-    if len(set(layers)) != len(layers):
-        raise UsageError(f"--layers has duplicates: {layers}")
     plan_widths = []
     if a.plan_widths:
         try:
@@ -143,13 +132,11 @@ def check_model_args(a, cfg, layers):
 
 
 def write_atomic(path, data: str | bytes):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    from ntkfuse.compare import atomic_write as write   # lazy: --help and argument errors stay fast
+    write(path, data)
 
 
-def block_error(blocks, x, y, activation, fused_ok=True):
+def block_error(blocks, x, y, activation):
     """Mean over tokens of ‖ŷ − y‖₂ for each layer (x, y: (L, N, d))."""
     import jax
     import jax.numpy as jnp
