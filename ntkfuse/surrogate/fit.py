@@ -329,10 +329,8 @@ def fit_blocks(blocks: Sequence, x, y, fc: FitConfig = FitConfig(), activation: 
                 raise FitError(f"{checkpoint_dir} holds a checkpoint of a different fit (config, data or blocks "
                                "differ); use another directory or delete it")
         else:
-            tmp = fpath + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump(fp, f)
-            os.replace(tmp, fpath)
+            from ..compare import atomic_write
+            atomic_write(fpath, json.dumps(fp))
         mngr = _manager(checkpoint_dir)
         got = _restore(mngr, state)
         if got is not None:
