@@ -23,11 +23,9 @@ def _n(a):
 def param_count(obj, layers: Sequence[int] | None = None) -> int:
     """Trainable parameters of a block, of a whole params tree, or (with `layers`) of
     those layers' MLP blocks only. Fusion's counts are not parameters."""
-    if is_mlp(obj):
-        return count_params(obj)
-    if layers is not None:
+    if layers is not None and not is_mlp(obj):
         return sum(count_params(obj["layers"][l]["mlp"]) for l in layers)
-    return int(sum(x.size for x in jax.tree_util.tree_leaves(obj)))
+    return count_params(obj)
 
 
 def nonzero_params(obj, layers: Sequence[int] | None = None) -> int:
