@@ -335,7 +335,7 @@ def _check_kmeans_result(km, blocks, width):
         raise CompressionError(f"kmeans_result must be a dict {{layer: KMeansResult}} for layers "
                                f"{sorted(blocks)} (from kmeans_layers), got {got}")
     for l, b in blocks.items():
-        want = (int(width), int(neuron_features(b).shape[1]))
+        want = (int(width), 2 * b.w1.shape[1] + (b.b1 is not None))   # neuron_features' width
         if tuple(km[l].centroids.shape) != want or int(np.sum(np.asarray(km[l].counts))) != b.w1.shape[0]:
             raise CompressionError(f"kmeans_result[{l}] does not fit layer {l} at width {width}: centroids "
                                    f"{tuple(km[l].centroids.shape)}, expected {want}, counts summing to "
