@@ -287,7 +287,9 @@ def compress_block(block: DenseMLP, method: str, width: int, key, *, activation:
     return _dispatch(block, method, width, key, opts)
 
 
-def _check_layers(params, layers):
+def _layer_blocks(params, layers, key, method, width, opts):
+    """(layers, {layer: block}, {layer: key}) after the checks `compress` and `kmeans_layers` share;
+    layer layers[i] gets `jax.random.split(key, len(layers))[i]`."""
     layers = [int(l) for l in layers]
     n = len(params["layers"])
     if not layers:
@@ -297,7 +299,10 @@ def _check_layers(params, layers):
     for l in layers:
         if not 0 <= l < n:
             raise CompressionError(f"layer {l} out of range: the model has layers 0..{n - 1}")
-    return layers
+    blocks = {l: params["layers"][l]["mlp"] for l in layers}
+    for l, b in blocks.items():
+        _check_block(b, method, width, opts, where=f"layer {l}: ")
+    return layers, blocks, dict(zip(layers, jax.random.split(key, len(layers))))
 
 
 def _kmeans_of_blocks(blocks: dict, width, keys: dict, opts) -> dict:
@@ -321,11 +326,7 @@ def kmeans_layers(params: dict, layers: Sequence[int], width: int, key, **option
     back as `compress(..., kmeans_result=...)` so that fusion and cluster share one k-means
     (METHOD.md: cluster uses the same k-means) instead of each running it."""
     opts = _options("fusion", options)
-    layers = _check_layers(params, layers)
-    blocks = {l: params["layers"][l]["mlp"] for l in layers}
-    for l, b in blocks.items():
-        _check_block(b, "fusion", width, opts, where=f"layer {l}: ")
-    keys = dict(zip(layers, jax.random.split(key, len(layers))))
+    _, blocks, keys = _layer_blocks(params, layers, key, "fusion", width, opts)
     return _kmeans_of_blocks(blocks, width, keys, opts)
 
 
@@ -355,15 +356,11 @@ def compress(cfg, params: dict, method: str, layers: Sequence[int], width: int, 
     """
     opts = _options(method, options)
     _check_activation(cfg.activation)
-    layers = _check_layers(params, layers)
-    blocks = {l: params["layers"][l]["mlp"] for l in layers}
-    for l, b in blocks.items():
-        _check_block(b, method, width, opts, where=f"layer {l}: ")
+    layers, blocks, keys = _layer_blocks(params, layers, key, method, width, opts)
     if kmeans_result is not None:
         if method not in ("fusion", "cluster"):
             raise CompressionError(f"kmeans_result applies to fusion and cluster only, not {method!r}")
         _check_kmeans_result(kmeans_result, blocks, width)
-    keys = dict(zip(layers, jax.random.split(key, len(layers))))
 
     if method == "magnitude":
         masked = _magnitude_mask([blocks[l] for l in layers], float(opts["sparsity"]))
