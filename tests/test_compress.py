@@ -143,7 +143,7 @@ def test_mmd():
     b = _block()
     Z = neuron_features(b)
     assert float(mmd2(Z, Z)) == pytest.approx(0.0, abs=1e-5)
-    assert float(mmd2(Z[:8], Z)) > float(mmd2(Z[::4], Z)) * 0 + 1e-4
+    assert float(mmd2(Z[:8], Z)) > 1e-4
     m0 = compress_block(b, "mmd", 8, jax.random.key(0), steps=0)   # particles = a subset, scaled
     sub = np.asarray(m0.w1) / np.sqrt(D / 8)
     rows = [int(np.argmin(np.abs(np.asarray(b.w1) - r).sum(1))) for r in sub]
