@@ -51,9 +51,10 @@ def test_fusion_centroids_are_means_of_neuron_features():
     f = compress_block(b, "fusion", 12, jax.random.key(1), n_init=2)
     Z = np.asarray(neuron_features(b), np.float64)
     M = np.concatenate([np.asarray(f.w1), np.asarray(f.b1)[:, None], np.asarray(f.w2).T], 1)
-    # each centroid is the mean of the features nearest to it: total inertia equals Σ_j n_j·var_j
+    # each centroid is the mean of the features nearest to it, and n_j counts them
     nearest = ((Z[:, None] - M[None]) ** 2).sum(-1).argmin(1)
     np.testing.assert_array_equal(np.bincount(nearest, minlength=12), f.counts)
+    np.testing.assert_allclose(M, np.stack([Z[nearest == j].mean(0) for j in range(12)]), rtol=1e-5, atol=1e-6)
 
 
 def test_cluster_equals_fusion_for_relu_only():
