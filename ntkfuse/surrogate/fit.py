@@ -102,6 +102,11 @@ class Stacked(NamedTuple):
     counts: Optional[tuple]     # per-layer counts tuples to restore FusedMLP
 
 
+def _trainable(block):
+    """The block's arrays in a structure without FusedMLP's per-layer counts (a DenseMLP holder)."""
+    return DenseMLP(block.w1, block.b1, block.w2, block.b2) if isinstance(block, FusedMLP) else block
+
+
 def stack_blocks(blocks: Sequence) -> Stacked:
     """Stack same-kind, same-shape blocks on a leading layer axis."""
     if not blocks:
@@ -112,7 +117,7 @@ def stack_blocks(blocks: Sequence) -> Stacked:
     counts = None
     if isinstance(blocks[0], FusedMLP):
         counts = tuple(tuple(int(c) for c in b.counts) for b in blocks)
-        blocks = [DenseMLP(b.w1, b.b1, b.w2, b.b2) for b in blocks]
+        blocks = [_trainable(b) for b in blocks]
     defs = {jax.tree.structure(b) for b in blocks}
     shapes = {tuple(x.shape for x in jax.tree.leaves(b)) for b in blocks}
     if len(defs) != 1 or len(shapes) != 1:
@@ -393,9 +398,8 @@ def evaluate_blocks(blocks: Sequence, x, y, activation: str = "gelu", loss: str 
 
 
 def _group_key(block):
-    leaves = jax.tree.leaves(DenseMLP(block.w1, block.b1, block.w2, block.b2) if isinstance(block, FusedMLP) else block)
-    return type(block).__name__, str(jax.tree.structure(block) if not isinstance(block, FusedMLP) else "fused"), \
-        tuple(tuple(x.shape) for x in leaves)
+    t = _trainable(block)
+    return type(block).__name__, str(jax.tree.structure(t)), tuple(tuple(x.shape) for x in jax.tree.leaves(t))
 
 
 def fit_grouped(blocks: Sequence, x, y, fc: FitConfig = FitConfig(), activation: str = "gelu", *,
