@@ -29,9 +29,6 @@ from .models import DenseMLP, ModelConfig, UnsupportedModelError, init_head
 DEFAULT_MODEL = "minilm"
 DEFAULT_ALIASES = ("minilm", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 
-_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "flax_model.msgpack",
-                 "pytorch_model.bin", "pytorch_model.bin.index.json")
-
 
 class CheckpointError(ValueError):
     """A checkpoint cannot be found, read or mapped onto the model."""
@@ -226,17 +223,21 @@ def _read_sharded(index: Path, reader) -> dict[str, np.ndarray]:
     return out
 
 
+# Weight files in order of preference, with their readers.
+_READERS = (
+    ("model.safetensors", read_safetensors),
+    ("model.safetensors.index.json", lambda p: _read_sharded(p, read_safetensors)),
+    ("flax_model.msgpack", read_flax_msgpack),
+    ("pytorch_model.bin", read_torch_bin),
+    ("pytorch_model.bin.index.json", lambda p: _read_sharded(p, read_torch_bin)),
+)
+_WEIGHT_FILES = tuple(name for name, _ in _READERS)
+
+
 def read_weights(directory: Path) -> tuple[dict[str, np.ndarray], Path]:
     """All tensors of a checkpoint directory by PyTorch name, and the file they came from."""
     d = Path(directory)
-    candidates = [
-        ("model.safetensors", read_safetensors),
-        ("model.safetensors.index.json", lambda p: _read_sharded(p, read_safetensors)),
-        ("flax_model.msgpack", read_flax_msgpack),
-        ("pytorch_model.bin", read_torch_bin),
-        ("pytorch_model.bin.index.json", lambda p: _read_sharded(p, read_torch_bin)),
-    ]
-    for fname, reader in candidates:
+    for fname, reader in _READERS:
         p = d / fname
         if p.is_file():
             if p.stat().st_size == 0:
