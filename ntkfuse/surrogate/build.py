@@ -44,11 +44,11 @@ def init_surrogates(kind: str, teachers: Sequence, key, *, width: Optional[int] 
     if kind in ("linear", "low_rank_linear"):
         if x is None or y is None:
             raise SurrogateError(f"surrogate kind {kind!r} needs collected pairs x, y")
+        if kind == "low_rank_linear" and rank is None:   # before the ridge fits, not after
+            raise SurrogateError("low_rank_linear needs rank=")
         lin = [fit_ridge(np.asarray(x[i]), np.asarray(y[i]), ridge) for i in range(L)]
         if kind == "linear":
             return lin
-        if rank is None:
-            raise SurrogateError("low_rank_linear needs rank=")
         return [low_rank_from_linear(b, rank) for b in lin]
     if kind == "linear_sgd":
         dim = d if d is not None else np.shape(x)[-1]
