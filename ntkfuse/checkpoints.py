@@ -249,7 +249,7 @@ def read_weights(directory: Path) -> tuple[dict[str, np.ndarray], Path]:
 # --------------------------------------------------------------------------- name mapping
 
 
-def _canonical(tensors: dict[str, np.ndarray], family: str) -> dict[str, np.ndarray]:
+def _canonical(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Drop the model prefix and legacy LayerNorm names so one mapping serves every head."""
     out = {}
     for k, v in tensors.items():
@@ -351,7 +351,7 @@ def _gpt2_params(cfg: ModelConfig, t: dict, take: _Taker) -> dict:
 def params_from_tensors(cfg: ModelConfig, tensors: dict[str, np.ndarray], dtype=jnp.float32,
                         source: str = "checkpoint") -> dict:
     """Map PyTorch-named tensors onto ntkfuse's params tree; fill a missing classifier head from `cfg.head_seed`."""
-    t = _canonical(tensors, cfg.family)
+    t = _canonical(tensors)
     take = _Taker(t, source)
     params = (_gpt2_params if cfg.family == "gpt2" else _bert_params)(cfg, t, take)
     take.check()
