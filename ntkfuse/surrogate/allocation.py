@@ -49,8 +49,9 @@ class Plan:
     def table(self, options: Mapping[int, Sequence[Option]]) -> str:
         """Markdown table: layer, chosen width, params, loss."""
         rows = ["| layer | width | params | loss |", "|---:|---:|---:|---:|"]
+        opts = _norm(options)
         for l in sorted(self.widths):
-            o = next(o for o in _norm(options)[l] if o.width == self.widths[l])
+            o = next(o for o in opts[l] if o.width == self.widths[l])
             rows.append(f"| {l} | {o.width} | {o.params} | {o.loss:.6g} |")
         rows.append(f"| total | | {self.params} / {self.budget} | {self.loss:.6g} |")
         return "\n".join(rows)
