@@ -15,11 +15,10 @@ from .readers import DataError, Example
 
 
 def classification_batch(tok, examples: Sequence[Example], max_length: int) -> dict:
+    """`ntkfuse.tokenize` of the texts (padded to the longest), as int32."""
+    from ..checkpoints import tokenize
     texts = [e.text if e.target is None else f"{e.text} {e.target}" for e in examples]
-    enc = tok(texts, padding="longest", truncation=True, max_length=max_length, return_tensors="np")
-    batch = {k: np.asarray(v, np.int32) for k, v in enc.items()
-             if k in ("input_ids", "attention_mask", "token_type_ids")}
-    return batch
+    return {k: np.asarray(v, np.int32) for k, v in tokenize(tok, texts, max_length).items()}
 
 
 def lm_batch(tok, examples: Sequence[Example], max_length: int) -> dict:
