@@ -132,9 +132,8 @@ def compare_main(argv: Optional[Sequence[str]] = None) -> int:
         log("loading model and data ...")
         plan = compare.prepare(config)
         out = Path(out) if out else compare.default_out_dir(plan)
-        log(compare.describe({"config": plan.resolved(), "data": {
-            "spec": plan.data, "n_examples": int(plan.batch["input_ids"].shape[0]), "tokens": plan.n_tokens},
-            "device": {"platform": _backend(), "kind": _device_kind()}}))
+        log(compare.describe({"config": plan.resolved(), "data": compare.data_summary(plan),
+                              "device": compare.device_info()}))
         log(f"methods: {', '.join(plan.methods)}; results in {out}")
         result = compare.run(plan, out, progress=not args.no_progress, fresh=args.fresh, log=log)
         files = compare.write_reports(result, out)
@@ -151,16 +150,6 @@ def compare_main(argv: Optional[Sequence[str]] = None) -> int:
           f"{', '.join(result['reused']) or 'none'})")
     print("wrote " + ", ".join(str(f) for f in files.values()))
     return 0
-
-
-def _backend():
-    import jax
-    return jax.default_backend()
-
-
-def _device_kind():
-    import jax
-    return jax.devices()[0].device_kind
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -462,6 +462,16 @@ def open_out_dir(plan: Plan, out_dir: Path, fresh: bool = False) -> Path:
     return out_dir
 
 
+def data_summary(plan: Plan) -> dict:
+    n, t = plan.batch["input_ids"].shape
+    return {"spec": plan.data, "n_examples": int(n), "padded_length": int(t), "tokens": plan.n_tokens}
+
+
+def device_info() -> dict:
+    """The accelerator JAX uses, as recorded in results.json and printed at the start."""
+    return {"platform": jax.default_backend(), "kind": jax.devices()[0].device_kind, "count": jax.device_count()}
+
+
 def run(plan: Plan, out_dir: Optional[Path] = None, *, progress: bool = True, fresh: bool = False,
         log: Callable[[str], None] = lambda s: None) -> dict:
     """Run every method of `plan` (reusing finished ones from `out_dir`); returns the result
@@ -495,16 +505,14 @@ def run(plan: Plan, out_dir: Optional[Path] = None, *, progress: bool = True, fr
         "tool": "ntk_compare",
         "config_hash": plan.config_hash,
         "config": plan.resolved(),
-        "data": {"spec": plan.data, "n_examples": int(plan.batch["input_ids"].shape[0]),
-                 "padded_length": int(plan.batch["input_ids"].shape[1]), "tokens": plan.n_tokens},
+        "data": data_summary(plan),
         "reference": {"kernel_fro_norm": ref_norm, "kernel_size": int(next(iter(K_ref.values())).shape[0]),
                       "time_s": ref_s},
         "results": rows,
         "reused": reused,
         "versions": {"ntkfuse": __version__, "jax": jax.__version__, "numpy": np.__version__,
                      "python": platform.python_version()},
-        "device": {"platform": jax.default_backend(), "kind": jax.devices()[0].device_kind,
-                   "count": jax.device_count()},
+        "device": device_info(),
         "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "wall_s": time.perf_counter() - started,
     }
@@ -675,5 +683,5 @@ def load_result(path: str | Path) -> dict:
 
 __all__ = ["CompareConfig", "CompareError", "Plan", "prepare", "run", "run_method", "reference_kernels",
            "write_reports", "format_table", "table_rows", "describe", "plot", "load_result", "parse_layers",
-           "parse_list", "default_layers", "method_key", "KMEANS_METHODS", "ROW_FORMAT", "method_options", "config_hash", "method_hash", "default_out_dir",
+           "parse_list", "default_layers", "data_summary", "device_info", "method_key", "KMEANS_METHODS", "ROW_FORMAT", "method_options", "config_hash", "method_hash", "default_out_dir",
            "atomic_write", "KERNEL_KINDS", "NTK_PARAMS", "OUTPUTS", "DEFAULT_DATA", "DEFAULT_N_INIT"]
