@@ -13,7 +13,10 @@ orbax checkpoints and reuses finished kinds):
   results.json/.csv/.md  per layer and kind: held-out block error before/after fitting;
                        per kind: output error (last compressed layer, logits) and NTK
                        errors (vanilla and sign, abs and rel) before/after
+  results_model.csv    the per-kind (whole model) numbers of results.md
   results.png          block error before/after per layer and kind
+  plan.json/.md        with --plan-widths: sensitivity rows, greedy and knapsack plans
+  parts/, ckpt/        resume state (finished kinds, orbax fit checkpoints)
 See docs/surrogates.md.
 """
 from __future__ import annotations
