@@ -38,7 +38,8 @@ class RidgeStats:
         return self
 
     def solve(self, ridge: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
-        """W (d_out, d_in), b (d_out,) minimising Σ‖y − Wx − b‖² + ridge·n·‖W‖²_F."""
+        """W (d_out, d_in), b (d_out,) minimising Σ‖y − Wx − b‖² + ridge·v̄·n·‖W‖²_F, where v̄ is
+        the mean per-feature variance of x (so `ridge` is dimensionless)."""
         if self.n < 1:
             raise ValueError("no data: ridge regression needs at least one pair")
         if ridge < 0:
