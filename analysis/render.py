@@ -12,8 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ntkfuse.compare import (KERNEL_KINDS, CompareError, atomic_write, describe, format_table, load_result,
-                             plot)
+from ntkfuse.compare import KERNEL_KINDS, CompareError, describe, format_table, load_result, plot
+from ntkfuse.files import atomic_write
 
 
 def label(result: dict) -> str:

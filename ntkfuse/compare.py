@@ -18,21 +18,19 @@ import hashlib
 import io
 import json
 import math
-import os
 import platform
 import re
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from . import __version__
 from .checkpoints import load
 from .data import DataError, load_examples, make_batch
+from .files import atomic_write
 from .models import check_batch, get_mlp
 
 KERNEL_KINDS = ("ntk", "sign")
@@ -296,30 +294,6 @@ def method_hash(plan: Plan, method: str) -> str:
 def default_out_dir(plan: Plan, root: str | Path = "results/ntk_compare") -> Path:
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(plan.config.model.rstrip("/")).name or "model")
     return Path(root) / f"{name}-{plan.config_hash[:8]}"
-
-
-# --------------------------------------------------------------------------- atomic files
-
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def atomic_write(path: str | Path, data: bytes | str) -> None:
-    """Write to a temporary file in the same directory, then os.replace: readers never
-    see a partial file, and an interrupted write leaves the old one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file normal permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _json(obj) -> str:
@@ -684,4 +658,4 @@ def load_result(path: str | Path) -> dict:
 __all__ = ["CompareConfig", "CompareError", "Plan", "prepare", "run", "run_method", "reference_kernels",
            "write_reports", "format_table", "table_rows", "describe", "plot", "load_result", "parse_layers",
            "parse_list", "default_layers", "data_summary", "device_info", "method_key", "KMEANS_METHODS", "ROW_FORMAT", "method_options", "config_hash", "method_hash", "default_out_dir",
-           "atomic_write", "KERNEL_KINDS", "NTK_PARAMS", "OUTPUTS", "DEFAULT_DATA", "DEFAULT_N_INIT"]
+           "KERNEL_KINDS", "NTK_PARAMS", "OUTPUTS", "DEFAULT_DATA", "DEFAULT_N_INIT"]

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +25,8 @@ import numpy as np
 
 import ntkfuse
 from ntkfuse import compress, ntk
+from ntkfuse.compare import parse_layers
+from ntkfuse.files import atomic_write
 
 
 def shapes(model: str, small: bool) -> ntkfuse.ModelConfig:
@@ -55,8 +55,7 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
-    a, b = (int(x) for x in args.layers.split("-"))
-    layers = list(range(a, b + 1))
+    layers = list(parse_layers(args.layers))
     methods = [m for m in args.methods.split(",") if m]
     unknown = [m for m in methods if m not in compress.METHODS]
     if unknown:
@@ -97,10 +96,7 @@ def main():
                                              "width": width, "num_layers": cfg.num_layers},
                                    "methods": rows, "accounting": table}
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=out.parent, delete=False, suffix=".tmp") as f:
-        json.dump(result, f, indent=2, default=str)
-    os.replace(f.name, out)
+    atomic_write(out, json.dumps(result, indent=2, default=str))
     print(f"wrote {out}")
 
 

@@ -35,6 +35,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import ntkfuse  # noqa: E402
+from ntkfuse.files import atomic_write  # noqa: E402
 
 MODELS = ("roberta", "gpt2")
 DTYPES = ("float32", "bfloat16")
@@ -135,13 +136,6 @@ def device_info(torch_device: str) -> dict:
             "cpu_count": os.cpu_count(), "python": sys.version.split()[0]}
 
 
-def write_json_atomic(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--small", action="store_true", help="tiny shapes, batch 4 x seq 32: a quick CPU run")
@@ -208,7 +202,7 @@ def main(argv=None):
                           f"(median {j_res['median_s'] * 1e3:.2f} ms, compile+first {j_res['first_call_s']:.1f} s"
                           + (f", rel diff vs torch {j_res['logits_rel_diff_vs_torch']:.1e})"
                              if ref_logits is not None else ")"), flush=True)
-    write_json_atomic(Path(args.out), result)
+    atomic_write(args.out, json.dumps(result, indent=2))
     print(f"wrote {args.out}")
     return result
 

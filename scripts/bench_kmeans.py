@@ -236,11 +236,9 @@ def main(argv=None):
         result["peer"] = peer
         result["comparison"] = compare(result["jax_results"], peer)
         print("comparison", json.dumps(result["comparison"], indent=1), flush=True)
+    from ntkfuse.files import atomic_write
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, out)
+    atomic_write(out, json.dumps(result, indent=2))
     print(f"wrote {out}")
 
 

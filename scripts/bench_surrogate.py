@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -87,7 +86,6 @@ def parse_args(argv=None):
 
 def make_problem(a):
     import jax
-    import jax.numpy as jnp
     import numpy as np
     from ntkfuse.models import DenseMLP, activation_fn
     from ntkfuse.surrogate import random_bottleneck
@@ -228,10 +226,8 @@ def main(argv=None):
                                   "compute_dtype='bfloat16'); torch: torch.autocast(bfloat16) around forward+loss"},
            "ntkfuse_block_steps": 256,
            "rows": rows}
-    tmp = f"{a.out}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(out, f, indent=1)
-    os.replace(tmp, a.out)
+    from ntkfuse.files import atomic_write
+    atomic_write(a.out, json.dumps(out, indent=1))
     return 0
 
 

@@ -135,7 +135,7 @@ def check_model_args(a, cfg, layers):
 
 
 def write_atomic(path, data: str | bytes):
-    from ntkfuse.compare import atomic_write as write   # lazy: --help and argument errors stay fast
+    from ntkfuse.files import atomic_write as write   # lazy: --help and argument errors stay fast
     write(path, data)
 
 
@@ -143,7 +143,6 @@ def block_error(blocks, x, y, activation):
     """Mean over tokens of ‖ŷ − y‖₂ for each layer (x, y: (L, N, d))."""
     import jax
     import jax.numpy as jnp
-    import numpy as np
     from ntkfuse.models import activation_fn
     act = activation_fn(activation)
     f = jax.jit(lambda b, xx, yy: jnp.mean(jnp.linalg.norm(b(xx, act) - yy, axis=-1)))

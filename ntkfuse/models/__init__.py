@@ -5,7 +5,6 @@ each layer's "mlp" entry is an MLP kind from `ntkfuse.models.mlp`.
 """
 from __future__ import annotations
 
-from functools import partial
 
 import jax
 import jax.numpy as jnp

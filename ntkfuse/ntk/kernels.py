@@ -38,7 +38,6 @@ scale the forward, so the fused model's kernel uses its own compressed params.
 from __future__ import annotations
 
 import dataclasses
-import math
 from functools import partial
 from typing import Optional
 

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ..files import atomic_write
 from ..models import DenseMLP, FusedMLP, activation_fn
 
 LOSSES = ("mse", "cosine")
@@ -334,7 +335,6 @@ def fit_blocks(blocks: Sequence, x, y, fc: FitConfig = FitConfig(), activation: 
                 raise FitError(f"{checkpoint_dir} holds a checkpoint of a different fit (config, data or blocks "
                                "differ); use another directory or delete it")
         else:
-            from ..compare import atomic_write
             atomic_write(fpath, json.dumps(fp))
         mngr = _manager(checkpoint_dir)
         got = _restore(mngr, state)

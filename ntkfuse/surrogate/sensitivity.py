@@ -13,7 +13,6 @@ from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from ..models import ModelConfig, check_batch, count_params, forward, get_mlp, replace_mlps
 from .collect import check_layers

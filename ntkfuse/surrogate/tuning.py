@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from ..models import ModelConfig, check_batch, forward, get_mlp, replace_mlps
