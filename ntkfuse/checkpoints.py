@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
+from .dtypes import as_dtype
 from .models import DenseMLP, ModelConfig, UnsupportedModelError, init_head
 
 DEFAULT_MODEL = "minilm"
@@ -367,17 +368,6 @@ def params_from_tensors(cfg: ModelConfig, tensors: dict[str, np.ndarray], dtype=
 
 
 # --------------------------------------------------------------------------- public API
-
-_DTYPES = {"float32": jnp.float32, "fp32": jnp.float32, "bfloat16": jnp.bfloat16, "bf16": jnp.bfloat16}
-
-
-def as_dtype(dtype) -> Any:
-    if isinstance(dtype, str):
-        if dtype not in _DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}; use float32 or bfloat16")
-        return _DTYPES[dtype]
-    return dtype
-
 
 def load_config(directory: Path, **overrides) -> ModelConfig:
     cfg_path = Path(directory) / "config.json"

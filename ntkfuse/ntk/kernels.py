@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..checkpoints import as_dtype
+from ..dtypes import as_dtype
 from ..models import DenseMLP, FusedMLP, check_batch
 from ..models.mlp import activation_fn
 from .outputs import class_prob
