@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import ntkfuse
-from conftest import FORMATS, random_batch
+from tests.conftest import FORMATS, random_batch
 
 torch = pytest.importorskip("torch")
 

@@ -73,7 +73,7 @@ class FusedMLP:
     b1: Optional[Array]       # (k,)
     w2: Array                 # (d, k)
     b2: Optional[Array]       # (d,)
-    counts: tuple             # (k,) ints, static
+    counts: tuple = dataclasses.field(metadata={"fixed": True})   # (k,) ints: fixed, never trained
 
     kind = "fused"
 
