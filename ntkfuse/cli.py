@@ -1,7 +1,7 @@
 """Command-line entry points (`ntkfuse-compare`, `python scripts/ntk_compare.py`).
 
 Bad input ends the program with one line on stderr and exit status 2, never a
-traceback: every check runs in `ntkfuse.compare.prepare` before heavy work.
+traceback: every check runs in `ntkfuse.experiments.compare.prepare` before heavy work.
 """
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ _FLAG_FIELDS = ("model", "methods", "layers", "width", "ntk_params", "kernel", "
 def load_recipe(path: str) -> dict:
     """Settings from a recipe file: a module with `get_config()` returning a dict (keys are
     CompareConfig fields, plus optional 'out')."""
-    from .compare import CompareConfig, CompareError
+    from .experiments.compare import CompareConfig, CompareError
     p = Path(path)
     if not p.is_file():
         raise CompareError(f"recipe not found: {p}")
@@ -82,7 +82,8 @@ def load_recipe(path: str) -> dict:
 
 def build_config(args: argparse.Namespace):
     """CompareConfig from defaults <- recipe <- flags; returns (config, out)."""
-    from .compare import CompareConfig, parse_layers, parse_list
+    from .experiments.compare import CompareConfig, CompareError, parse_list
+    from .validate import parse_layers
     settings = load_recipe(args.recipe) if args.recipe else {}
     for f in _FLAG_FIELDS:
         v = getattr(args, f)
@@ -96,7 +97,7 @@ def build_config(args: argparse.Namespace):
     if "methods" in settings:
         settings["methods"] = parse_list(settings["methods"])
     if "layers" in settings and settings["layers"] is not None:
-        settings["layers"] = parse_layers(settings["layers"])
+        settings["layers"] = parse_layers(settings["layers"], error=CompareError)
     if args.option:
         opts = {k: dict(v) for k, v in dict(settings.get("method_options", {})).items()}
         for spec in args.option:
@@ -107,8 +108,9 @@ def build_config(args: argparse.Namespace):
 
 
 def _parse_option(spec: str):
-    from .compare import CompareError
     import re
+
+    from .experiments.compare import CompareError
     m = re.fullmatch(r"\s*([A-Za-z_]+)\.([A-Za-z_]+)\s*=\s*(.*?)\s*", spec)
     if not m:
         raise CompareError(f"cannot parse --option {spec!r}: use METHOD.KEY=VALUE, e.g. sketch.keep=256")
@@ -127,13 +129,14 @@ def compare_main(argv: Optional[Sequence[str]] = None) -> int:
     t0 = time.perf_counter()
     out = None
     try:
-        from . import compare
+        from .experiments import compare
+        from .experiments.device import describe_device
         config, out = build_config(args)
         log("loading model and data ...")
         plan = compare.prepare(config)
         out = Path(out) if out else compare.default_out_dir(plan)
         log(compare.describe({"config": plan.resolved(), "data": compare.data_summary(plan),
-                              "device": compare.device_info()}))
+                              "device": describe_device()}))
         log(f"methods: {', '.join(plan.methods)}; results in {out}")
         result = compare.run(plan, out, progress=not args.no_progress, fresh=args.fresh, log=log)
         files = compare.write_reports(result, out)

@@ -168,7 +168,7 @@ def test_fusion_and_cluster_share_one_kmeans_identical_to_alone(tiny_models, tmp
     # and it is the library's cluster with fusion's key
     import jax
     import ntkfuse
-    from ntkfuse.compare import method_key
+    from ntkfuse.experiments.compare import method_key
     cfg, params, _, _ = ntkfuse.load(str(tiny_models["roberta"]))
     direct = C.compress(cfg, params, "cluster", (1, 2), 16, method_key(0, "fusion"), n_init=1)
     via_fusion = C.compress(cfg, params, "fusion", (1, 2), 16, method_key(0, "fusion"), n_init=1)
@@ -213,7 +213,7 @@ def test_recipe_is_overridden_by_flags(tiny_models, tmp_path, capsys):
 
 def test_shipped_recipes_parse():
     from ntkfuse.cli import load_recipe
-    root = Path(__file__).resolve().parents[1] / "analysis" / "recipes"
+    root = Path(__file__).resolve().parents[2] / "analysis" / "recipes"
     r = load_recipe(root / "roberta_sst2.py")
     assert (r["model"], r["layers"], r["width"], r["data"]) == ("roberta-base", "4-11", 768, "glue/sst2:validation")
     g = load_recipe(root / "gpt2_webnlg.py")
@@ -225,7 +225,7 @@ def test_render_summarises_runs(tiny_models, tmp_path, capsys):
     out = tmp_path / "run"
     assert _cli(capsys, *_tiny_args(tiny_models["roberta"], out, "prune"))[0] == 0
     spec = importlib.util.spec_from_file_location(
-        "render", Path(__file__).resolve().parents[1] / "analysis" / "render.py")
+        "render", Path(__file__).resolve().parents[2] / "analysis" / "render.py")
     render = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(render)
     assert render.main([str(out), str(out), "--out", str(tmp_path / "sum")]) == 0
