@@ -134,14 +134,8 @@ def main(argv=None):
     import torch
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
-    models = [m for m in args.models.split(",") if m]
-    dtypes = [d for d in args.dtypes.split(",") if d]
-    for m in models:
-        if m not in MODELS:
-            ap.error(f"unknown model {m!r}; choose from {', '.join(MODELS)}")
-    for d in dtypes:
-        if d not in DTYPES:
-            ap.error(f"unknown dtype {d!r}; choose from {', '.join(DTYPES)}")
+    models = harness.check_choices("model", [m for m in args.models.split(",") if m], MODELS)
+    dtypes = harness.check_choices("dtype", [d for d in args.dtypes.split(",") if d], DTYPES)
     batch_size = args.batch or (4 if args.small else 32)
     seq = args.seq or (32 if args.small else 128)
     repeats = args.repeats or (5 if args.small else 20)

@@ -79,9 +79,9 @@ def parse_args(argv=None):
     for k, v in (small if a.small else full).items():
         if getattr(a, k) is None:
             setattr(a, k, v)
+    from ntkfuse.validate import check_positive
     for k in ("layers", "d", "D", "width", "tokens", "batch_size", "steps", "repeats"):
-        if getattr(a, k) < 1:
-            p.error(f"--{k.replace('_', '-')} must be >= 1")
+        check_positive(f"--{k.replace('_', '-')}", getattr(a, k), integer=True, error=harness.BenchError)
     if a.batch_size > a.tokens:
         p.error(f"--batch-size {a.batch_size} exceeds --tokens {a.tokens}")
     return a
@@ -178,10 +178,7 @@ def main(argv=None):
     import torch
     on_gpu = jax.devices()[0].platform == "gpu"
     precisions = (a.precision.split(",") if a.precision else (["highest", "tf32", "bf16"] if on_gpu else ["highest"]))
-    bad = [p for p in precisions if p not in ("highest", "tf32", "bf16")]
-    if bad:
-        print(f"bench_surrogate.py: error: --precision {bad}: valid are highest, tf32, bf16", file=sys.stderr)
-        return 2
+    harness.check_choices("--precision", precisions, ("highest", "tf32", "bf16"))
     if a.torch_threads is not None:
         if a.torch_threads < 1:
             print("bench_surrogate.py: error: --torch-threads must be >= 1", file=sys.stderr)

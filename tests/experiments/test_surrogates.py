@@ -90,6 +90,7 @@ def test_end_to_end_tiny_classifier_and_resume(tiny_models, tmp_path, capsys, mo
     prune = res["results"][1]
     d, D, k = 32, 64, 16
     assert prune["params_per_layer"] == [2 * d * k + k + d] * 2 and prune["steps"] == 4
+    assert prune["teacher_params_per_layer"] == [2 * d * D + D + d] * 2
     assert all(np.isfinite(v) for v in prune["block_error_after"] + prune["block_error_before"])
     assert {"ntk_rel", "sign_rel", "output_error", "logit_error"} <= set(prune["after"])
     for name in ("results.csv", "results_model.csv", "results.md", "results.png", "run.json", "parts/linear.json",
