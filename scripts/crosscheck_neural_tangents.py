@@ -53,8 +53,8 @@ SETTINGS = [
     ("cnn trace (-1,) diag (2,)", "cnn", {"trace_axes": (-1,), "diagonal_axes": (2,), "vmap_axes": 0}),
     ("bert class_prob(0), layer 1 MLP", "bert", {"trace_axes": (), "vmap_axes": 0}),
 ]
-BERT = dict(family="bert", vocab_size=40, hidden=16, intermediate=24, num_layers=2, num_heads=2, max_positions=16,
-            num_labels=2)
+BERT = {"family": "bert", "vocab_size": 40, "hidden": 16, "intermediate": 24, "num_layers": 2, "num_heads": 2,
+        "max_positions": 16, "num_labels": 2}
 BERT_LAYER = 1
 
 
@@ -114,7 +114,7 @@ def load_tree(data, prefix, like):
 
 def to_ntkfuse(kw):
     """neural-tangents axes (counting the batch axis) -> ntkfuse's (per-example output axes)."""
-    shift = lambda axes: tuple(a - 1 if a >= 0 else a for a in axes)   # noqa: E731
+    shift = lambda axes: tuple(a - 1 if a >= 0 else a for a in axes)
     return {"trace_axes": shift(kw.get("trace_axes", (-1,))), "diagonal_axes": shift(kw.get("diagonal_axes", ())),
             "vmap_axes": 0 if kw.get("vmap_axes") == 0 else None}
 
@@ -187,7 +187,7 @@ def nt_half(workdir: Path, implementations):
         f, s, _, _ = bert_function(ntk, cfg, params)
         fns["bert"] = (f, s, {k[len("bert/x/"):]: data[k] for k in data.files if k.startswith("bert/x/")})
         status["ntkfuse_in_nt_env"] = note
-    except Exception as e:   # reported, not fatal: the stax rows still stand
+    except Exception as e:   # noqa: BLE001  reported, not fatal: the stax rows still stand
         status["ntkfuse_in_nt_env"] = f"does not import: {type(e).__name__}: {e}"
     for name, model, kw in SETTINGS:
         if model not in fns:
@@ -198,7 +198,7 @@ def nt_half(workdir: Path, implementations):
             try:
                 k = jax.jit(nt.empirical_ntk_fn(f, implementation=impl, **kw))(x, None, p)
                 results[key] = np.asarray(k)
-            except Exception as e:
+            except Exception as e:   # noqa: BLE001  recorded per row (e.g. an implementation this JAX lacks)
                 status[key] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
     np.savez(workdir / "nt.npz", **results)
     status["versions"] = {"neural_tangents": nt.__version__, "jax": jax.__version__, "jaxlib": jaxlib.__version__,
@@ -211,6 +211,7 @@ def nt_half(workdir: Path, implementations):
 def main_half(args):
     import jax
     import jaxlib
+
     import ntkfuse
     from ntkfuse import ntk
     from ntkfuse.files import atomic_write
@@ -252,7 +253,7 @@ def main_half(args):
     t0 = time.perf_counter()
     proc = subprocess.run([str(nt_python), str(Path(__file__).resolve()), "--half", "nt", "--workdir", str(workdir),
                            "--implementations", ",".join(map(str, args.implementations))],
-                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ""})
+                          capture_output=True, text=True, check=False, env={**os.environ, "PYTHONPATH": ""})
     t_nt = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"neural-tangents half failed ({nt_python}):\n{proc.stderr[-3000:]}")
@@ -269,7 +270,8 @@ def main_half(args):
             key = f"{name}|{impl}"
             for ours_name, k in candidates:
                 row = {"setting": name, "nt_kwargs": {**kw, "implementation": impl}, "ntkfuse": ours_name,
-                       "ntkfuse_kwargs": to_ntkfuse(kw) if ours_name == "empirical_ntk_fn" else "kernels(kinds=('ntk',))",
+                       "ntkfuse_kwargs": (to_ntkfuse(kw) if ours_name == "empirical_ntk_fn"
+                                          else "kernels(kinds=('ntk',))"),
                        "same_layout": perm == list(range(len(perm))), "traced_size": traced}
                 if key not in theirs:
                     row.update(rel_err=None, ok=None, note=status.get(key, "not computed"))
@@ -287,17 +289,21 @@ def main_half(args):
 
     print(f"{'setting':34} {'NT impl':24} {'ntkfuse':17} {'layout':7} {'÷':>3} {'rel. Frobenius err':>18}")
     for r in rows:
-        err = "n/a: " + r["note"][:60] if r["rel_err"] is None else f"{r['rel_err']:.2e}" + ("" if r["ok"] else "  FAIL")
+        if r["rel_err"] is None:
+            err = "n/a: " + r["note"][:60]
+        else:
+            err = f"{r['rel_err']:.2e}" + ("" if r["ok"] else "  FAIL")
         print(f"{r['setting']:34} {NT_IMPLEMENTATIONS[r['nt_kwargs']['implementation']]:24} {r['ntkfuse']:17} "
               f"{'same' if r['same_layout'] else 'moved':7} {r['traced_size']:>3} {err:>18}")
     compared = [r for r in rows if r["rel_err"] is not None]
-    ok = bool(compared) and all(r["ok"] for r in rows if r["ok"] is not None) and not any(r["ok"] is False for r in rows)
+    ok = bool(compared) and not any(r["ok"] is False for r in rows)   # rows not computed are listed, not failed
     result = {"ok": ok, "tol": args.tol, "max_rel_err": max((r["rel_err"] for r in compared), default=None),
               "n_compared": len(compared), "n_not_computed": len(rows) - len(compared),
               "ntkfuse_in_nt_env": status.get("ntkfuse_in_nt_env"),
               "seconds": {"main_half": round(t_main, 1), "nt_half": round(t_nt, 1)}, "rows": rows,
-              "versions": {"main": {"ntkfuse": ntkfuse.__version__, "jax": jax.__version__, "jaxlib": jaxlib.__version__,
-                                    "numpy": np.__version__, "python": platform.python_version()},
+              "versions": {"main": {"ntkfuse": ntkfuse.__version__, "jax": jax.__version__,
+                                    "jaxlib": jaxlib.__version__, "numpy": np.__version__,
+                                    "python": platform.python_version()},
                            "nt_env": status["versions"]}}
     atomic_write(args.out, json.dumps(result, indent=1) + "\n")
     print(f"ntkfuse in the neural-tangents env: {result['ntkfuse_in_nt_env']}")
@@ -322,11 +328,13 @@ def main(argv=None):
                          "3 structured derivatives")
     ap.add_argument("--half", choices=("main", "nt"), default="main", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    raw = args.implementations
     try:
-        args.implementations = [int(i) for i in args.implementations.split(",")]
-        assert args.implementations and set(args.implementations) <= set(NT_IMPLEMENTATIONS)
-    except (ValueError, AssertionError):
-        ap.error(f"--implementations: comma-separated subset of {sorted(NT_IMPLEMENTATIONS)}, got {args.implementations!r}")
+        args.implementations = [int(i) for i in raw.split(",")]
+    except ValueError:
+        args.implementations = []
+    if not args.implementations or not set(args.implementations) <= set(NT_IMPLEMENTATIONS):
+        ap.error(f"--implementations: comma-separated subset of {sorted(NT_IMPLEMENTATIONS)}, got {raw!r}")
     if args.half == "nt":
         if args.workdir is None:
             raise SystemExit("--half nt needs --workdir")
