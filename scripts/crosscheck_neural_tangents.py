@@ -12,10 +12,9 @@ neural-tangents does not run on the JAX ntkfuse uses, so this runs in two halves
 Models: a stax MLP and a stax CNN (jax.example_libraries.stax, the same code in both
 environments) under several trace/diagonal settings, and a tiny ntkfuse BERT's
 softmax(logits)[0] w.r.t. layer 1's MLP (ntkfuse's own forward, imported in the venv).
-Each row compares after the documented convention map (docs/ntk.md, "Moving from
-neural-tangents"): neural-tangents' axis numbers count the batch axis, ntkfuse's do not;
-neural-tangents divides a traced kernel by the traced axes' size, ntkfuse sums; with
-diagonal axes ntkfuse puts them first, neural-tangents keeps them in place.
+Both libraries get the same arguments (ntkfuse follows neural-tangents' conventions:
+axes numbered on the output with the batch axis 0, traced axes averaged, diagonal axes
+kept in place), and the kernels are compared as they come out, shape for shape.
 
     python scripts/crosscheck_neural_tangents.py [--nt-python .venv-nt/bin/python] [--out FILE]
 
@@ -25,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import subprocess
@@ -110,26 +108,12 @@ def load_tree(data, prefix, like):
     return jax.tree_util.tree_unflatten(treedef, [jax.numpy.asarray(b) for b in new])
 
 
-# ---------------------------------------------------------------- convention map
+# ---------------------------------------------------------------- arguments
 
-def to_ntkfuse(kw):
-    """neural-tangents axes (counting the batch axis) -> ntkfuse's (per-example output axes)."""
-    shift = lambda axes: tuple(a - 1 if a >= 0 else a for a in axes)
-    return {"trace_axes": shift(kw.get("trace_axes", (-1,))), "diagonal_axes": shift(kw.get("diagonal_axes", ())),
+def ntkfuse_kwargs(kw):
+    """ntkfuse's empirical_ntk_fn takes neural-tangents' arguments unchanged (vmap_axes: 0 or None)."""
+    return {"trace_axes": tuple(kw.get("trace_axes", (-1,))), "diagonal_axes": tuple(kw.get("diagonal_axes", ())),
             "vmap_axes": 0 if kw.get("vmap_axes") == 0 else None}
-
-
-def layout(kw, out_shape):
-    """(permutation taking ntkfuse's kernel to neural-tangents' axis order, traced size).
-    out_shape: per-example output shape."""
-    nd = len(out_shape)
-    trace = [a % nd for a in to_ntkfuse(kw)["trace_axes"]]
-    diag = [a % nd for a in to_ntkfuse(kw)["diagonal_axes"]]
-    rest = [i for i in range(nd) if i not in trace and i not in diag]
-    ours = ["n1", "n2"] + [f"d{i}" for i in diag] + [x for i in rest for x in (f"a{i}", f"b{i}")]
-    theirs = ["n1", "n2"] + [x for i in range(nd) if i not in trace
-                             for x in ([f"d{i}"] if i in diag else [f"a{i}", f"b{i}"])]
-    return [ours.index(x) for x in theirs], math.prod(out_shape[i] for i in trace)
 
 
 # ---------------------------------------------------------------- half (b): neural-tangents
@@ -246,7 +230,7 @@ def main_half(args):
     ours = {}
     for name, model, kw in SETTINGS:
         fn, p, x = fns[model]
-        ours[name] = np.asarray(ntk.empirical_ntk_fn(fn, **to_ntkfuse(kw))(x, None, p))
+        ours[name] = np.asarray(ntk.empirical_ntk_fn(fn, **ntkfuse_kwargs(kw))(x, None, p))
     engine = np.asarray(ntk.kernels(cfg, params, batch, selector=sel, kinds=("ntk",), output=out)["ntk"])
 
     t_main = time.perf_counter() - t0
@@ -263,38 +247,32 @@ def main_half(args):
     rows = []
     for name, model, kw in SETTINGS:
         fn, p, x = fns[model]
-        out_shape = jax.eval_shape(fn, p, x).shape[1:]
-        perm, traced = layout(kw, out_shape)
         candidates = [("empirical_ntk_fn", ours[name])] + ([("kernels", engine)] if model == "bert" else [])
         for impl in args.implementations:
             key = f"{name}|{impl}"
             for ours_name, k in candidates:
                 row = {"setting": name, "nt_kwargs": {**kw, "implementation": impl}, "ntkfuse": ours_name,
-                       "ntkfuse_kwargs": (to_ntkfuse(kw) if ours_name == "empirical_ntk_fn"
-                                          else "kernels(kinds=('ntk',))"),
-                       "same_layout": perm == list(range(len(perm))), "traced_size": traced}
+                       "ntkfuse_kwargs": (ntkfuse_kwargs(kw) if ours_name == "empirical_ntk_fn"
+                                          else "kernels(kinds=('ntk',))")}
                 if key not in theirs:
                     row.update(rel_err=None, ok=None, note=status.get(key, "not computed"))
                 else:
-                    want = theirs[key] * traced            # neural-tangents averages over traced axes
-                    got = np.transpose(k, perm)
+                    want, got = theirs[key], np.asarray(k)
                     if got.shape != want.shape:
                         row.update(rel_err=None, ok=False, note=f"shape {got.shape} vs {want.shape}")
                     else:
                         err = float(np.linalg.norm(got - want) / np.linalg.norm(want))
                         row.update(rel_err=err, ok=err <= args.tol, shape=list(want.shape))
-                    if k.shape == theirs[key].shape:   # what forgetting the convention map would cost
-                        row["unmapped_rel_err"] = float(np.linalg.norm(k - theirs[key]) / np.linalg.norm(theirs[key]))
                 rows.append(row)
 
-    print(f"{'setting':34} {'NT impl':24} {'ntkfuse':17} {'layout':7} {'÷':>3} {'rel. Frobenius err':>18}")
+    print(f"{'setting':34} {'NT impl':24} {'ntkfuse':17} {'rel. Frobenius err':>18}")
     for r in rows:
         if r["rel_err"] is None:
             err = "n/a: " + r["note"][:60]
         else:
             err = f"{r['rel_err']:.2e}" + ("" if r["ok"] else "  FAIL")
         print(f"{r['setting']:34} {NT_IMPLEMENTATIONS[r['nt_kwargs']['implementation']]:24} {r['ntkfuse']:17} "
-              f"{'same' if r['same_layout'] else 'moved':7} {r['traced_size']:>3} {err:>18}")
+              f"{err:>18}")
     compared = [r for r in rows if r["rel_err"] is not None]
     ok = bool(compared) and not any(r["ok"] is False for r in rows)   # rows not computed are listed, not failed
     result = {"ok": ok, "tol": args.tol, "max_rel_err": max((r["rel_err"] for r in compared), default=None),

@@ -1,7 +1,8 @@
 """Empirical NTK of ANY JAX function `f(params, x)` (not only ntkfuse transformers).
 
-Shaped after neural-tangents' `empirical_ntk_fn`, whose last release (0.6.5) does not
-import on current JAX, so its users can move over:
+A drop-in for neural-tangents' `empirical_ntk_fn`, whose last release (0.6.5) does not
+import on current JAX: the same arguments with the same meaning and the same output
+layout (checked against neural-tangents 0.6.5 by scripts/crosscheck_neural_tangents.py):
 
     ntk_fn = empirical_ntk_fn(f, trace_axes=(-1,), diagonal_axes=(), vmap_axes=0, kind="ntk")
     K = ntk_fn(x1, x2, params)          # x2=None: the kernel of x1 with itself
@@ -9,20 +10,23 @@ import on current JAX, so its users can move over:
 For f: (params, x of shape (N, ...)) -> outputs (N, *O), the kernel is
 Θ(x_i, x_j) = Σ_θ ∂f(x_i)/∂θ ⊗ op(∂f(x_j)/∂θ) over every leaf of `params`, with
 op = identity ("ntk"), sign ("sign", the Adam/sign-GD kernel of METHOD.md §3, asymmetric)
-or sign on both sides ("sign_sym"). Output axes in `trace_axes` are contracted
-(summed along their diagonal), axes in `diagonal_axes` are kept once, every other
-output axis appears twice: the result has shape (N1, N2, *[O_a for a in diagonal axes],
-*[O_a, O_a for a in the remaining axes]) — the same layout as neural-tangents.
+or sign on both sides ("sign_sym"). Axes are numbered on f's output (N, *O), the
+batch axis being 0 (negative axes count from the end). Axes in `trace_axes` are traced
+and averaged (the trace divided by their size, as neural-tangents does); axes in
+`diagonal_axes` keep only their diagonal; every other output axis appears twice. The
+result is (N1, N2) followed, in output-axis order, by one axis per diagonal axis and
+two (a, a′) per remaining axis.
 
 `vmap_axes=0` declares f batch-independent along x's axis 0 (no batch statistics), so
 per-example Jacobians are computed by `vmap` over single examples (in chunks of `chunk`
 examples); `vmap_axes=None` differentiates the whole batch at once (f may mix examples).
-Differences from neural-tangents: one implementation (Jacobian contraction; its
-"ntk-vector products" and "structured derivatives" variants are not offered), no
-`**apply_fn_kwargs` (close over them), and `kind` adds the sign kernels.
+Not offered: the batch axis as a traced or diagonal axis, other `vmap_axes` forms,
+`implementation` (one Jacobian-contraction implementation) and `**apply_fn_kwargs`
+(close over them). Added: `kind` (the sign kernels) and `chunk`.
 """
 from __future__ import annotations
 
+import math
 import string
 from typing import Callable, Optional, Sequence
 
@@ -32,21 +36,27 @@ import jax.numpy as jnp
 from .kernels import KINDS, NTKConfigError, _chunked_map, _dot_t
 
 
-def _norm_axes(axes, ndim, what):
+def _norm_axes(axes, out_ndim, what):
+    """Axes of f's output (N, *O) -> indices into the per-example axes O."""
+    nd = out_ndim + 1
     out = []
     for a in axes:
         a = int(a)
-        if not -ndim <= a < ndim:
-            raise NTKConfigError(f"{what} axis {a} out of range for outputs with {ndim} per-example axes")
-        out.append(a % ndim)
+        if not -nd <= a < nd:
+            raise NTKConfigError(f"{what} axis {a} out of range for outputs with {nd} axes (batch axis 0); "
+                                 "for outputs of shape (N,) pass trace_axes=()")
+        a %= nd
+        if a == 0:
+            raise NTKConfigError(f"{what}: the batch axis 0 cannot be traced or diagonal here")
+        out.append(a - 1)
     if len(set(out)) != len(out):
         raise NTKConfigError(f"{what} names an output axis twice: {tuple(axes)}")
     return out
 
 
 def _contract(ja, jb, kind, trace, diag, n_out):
-    """Σ over parameter entries of ja ⊗ op(jb) with the output axes handled as documented.
-    ja: (N1, *O, P), jb: (N2, *O, P)."""
+    """Σ over parameter entries of ja ⊗ op(jb), traced axes summed (the caller averages),
+    diagonal axes kept once, other axes twice, in output-axis order. ja: (N1, *O, P)."""
     if kind in ("sign", "sign_sym"):
         jb = jnp.sign(jb)
         if kind == "sign_sym":
@@ -57,8 +67,7 @@ def _contract(ja, jb, kind, trace, diag, n_out):
     n1, n2, p = next(letters), next(letters), next(letters)
     oa = [next(letters) for _ in range(n_out)]
     ob = [oa[i] if (i in trace or i in diag) else next(letters) for i in range(n_out)]
-    rest = [i for i in range(n_out) if i not in trace and i not in diag]
-    out = n1 + n2 + "".join(oa[i] for i in diag) + "".join(oa[i] + ob[i] for i in rest)
+    out = n1 + n2 + "".join("" if i in trace else (oa[i] if i in diag else oa[i] + ob[i]) for i in range(n_out))
     spec = f"{n1}{''.join(oa)}{p},{n2}{''.join(ob)}{p}->{out}"
     return jnp.einsum(spec, ja, jb, precision=jax.lax.Precision.HIGHEST, preferred_element_type=jnp.float32)
 
@@ -106,7 +115,8 @@ def empirical_ntk_fn(f: Callable, trace_axes: Sequence[int] = (-1,), diagonal_ax
         for a, b in zip(ja, jb):
             part = _contract(a.astype(jnp.float32), b.astype(jnp.float32), kind, trace, diag, n_out)
             k = part if k is None else k + part
-        return k
+        traced = math.prod(ja[0].shape[1 + i] for i in trace)
+        return k / traced if traced > 1 else k
 
     return ntk_fn
 

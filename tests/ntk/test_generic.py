@@ -35,13 +35,14 @@ OPS = {"ntk": (lambda a: a, lambda b: b), "sign": (lambda a: a, np.sign), "sign_
 
 
 @pytest.mark.parametrize("kind", ["ntk", "sign", "sign_sym"])
-@pytest.mark.parametrize("axes,spec", [(((-1,), ()), "icp,jcp->ij"), (((), ()), "icp,jdp->ijcd"),
-                                       (((), (-1,)), "icp,jcp->ijc")])
-def test_matches_float64_jacobian(kind, axes, spec):
+@pytest.mark.parametrize("axes,spec,scale", [(((-1,), ()), "icp,jcp->ij", 1 / C), (((1,), ()), "icp,jcp->ij", 1 / C),
+                                             (((), ()), "icp,jdp->ijcd", 1), (((), (-1,)), "icp,jcp->ijc", 1)])
+def test_matches_float64_jacobian(kind, axes, spec, scale):
+    """neural-tangents' conventions: traced axes are averaged, axes count the batch axis."""
     f, p, x = _mlp()
     J = _jacobian64(f, p, x)
     opa, opb = OPS[kind]
-    want = np.einsum(spec, opa(J), opb(J))
+    want = scale * np.einsum(spec, opa(J), opb(J))
     got = np.asarray(ntk.empirical_ntk_fn(f, trace_axes=axes[0], diagonal_axes=axes[1], kind=kind)(x, None, p))
     assert got.shape == want.shape
     # sign of a float32 gradient can differ from float64's only where it is ~0: compare relative to the scale
@@ -68,6 +69,23 @@ def test_bad_arguments():
         ntk.empirical_ntk_fn(f, trace_axes=(-1,), diagonal_axes=(-1,))
     with pytest.raises(ntk.NTKConfigError, match="out of range"):
         ntk.empirical_ntk_fn(f, trace_axes=(3,))(x, None, p)
+    with pytest.raises(ntk.NTKConfigError, match="batch axis"):
+        ntk.empirical_ntk_fn(f, trace_axes=(0,))(x, None, p)
+
+
+def test_layout_keeps_output_axis_order():
+    """Outputs (N, A, B, C): trace C, diagonal A -> (N1, N2, A, B, B'), A kept in its place."""
+    rng = np.random.default_rng(4)
+    p = {"w": jnp.asarray(rng.normal(size=(DIN, 2 * 3 * 4)), jnp.float32)}
+    f = lambda p, x: jnp.sin(x @ p["w"]).reshape(x.shape[0], 2, 3, 4)   # noqa: E731
+    x = jnp.asarray(rng.normal(size=(N, DIN)), jnp.float32)
+    with jax.enable_x64(True):
+        J = np.asarray(jax.jacrev(f)({"w": jnp.asarray(np.asarray(p["w"], np.float64))},
+                                     jnp.asarray(np.asarray(x, np.float64)))["w"]).reshape(N, 2, 3, 4, -1)
+    want = np.einsum("iabcp,jaecp->ijabe", J, J) / 4
+    got = np.asarray(ntk.empirical_ntk_fn(f, trace_axes=(-1,), diagonal_axes=(1,))(x, None, p))
+    assert got.shape == (N, N, 2, 3, 3)
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5 * np.abs(want).max())
 
 
 @pytest.mark.parametrize("kind", ["ntk", "sign"])
