@@ -53,7 +53,7 @@ class FinetuneRunConfig:
     methods: tuple = DEFAULT_METHODS        # compressed variants; the full model always runs
     layers: Optional[Any] = None
     width: Optional[int] = None
-    lrs: tuple = (1e-4,)
+    lrs: tuple = (3e-4,)
     seeds: tuple = (0,)
     epochs: int = 3
     batch_size: int = 16
