@@ -191,8 +191,12 @@ def task_metrics(task: Task, outputs: dict, dev: dict, tok=None, generations=Non
     if task.kind == "generation":
         m = {"loss": float(outputs["nll"].sum() / max(outputs["tokens"].sum(), 1.0))}
         if generations is not None:
-            from .metrics import generation_metrics
-            m.update(generation_metrics(*generations))
+            try:
+                from .metrics import generation_metrics
+            except ImportError:  # metrics module not installed yet: dev loss only
+                return m
+            m.update({k: float(v) for k, v in generation_metrics(*generations).items()
+                      if isinstance(v, (int, float, np.floating))})
         return m
     if task.kind == "regression":
         preds, refs = outputs["pred"], dev["labels"]

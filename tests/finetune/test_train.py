@@ -225,3 +225,13 @@ def test_split_dev_is_seeded_and_disjoint():
     assert split_dev(ex, 0.25, seed=3) == (tr, dv) and split_dev(ex, 0.25, seed=4) != (tr, dv)
     with pytest.raises(FinetuneError, match="empty dev split"):
         split_dev(ex[:2], 0.1)
+
+
+def test_generation_dev_set_is_greedy_decoded():
+    pytest.importorskip("ntkfuse.finetune.decode")
+    from ntkfuse.finetune import train as T
+    cfg, p = tiny("gpt2")
+    tc = FAST.replace(max_new_tokens=5)
+    hyps, refs = T._generate(cfg, p, WordTok(), webnlg(3), tc)
+    assert len(hyps) == 3 and all(isinstance(h, str) for h in hyps)
+    assert refs == [[e.target] for e in webnlg(3)]
