@@ -257,7 +257,7 @@ def _finetune_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
     a("--recipe", help="a Python file whose get_config() returns a dict of settings; flags override it")
-    a("--model", help=f"'minilm' (default, embedded), a local HF checkpoint directory, or a hub id")
+    a("--model", help="'minilm' (default, embedded), a local HF checkpoint directory, or a hub id")
     a("--task", help=f"task (default {d.task})")
     a("--train", help="training data: a .tsv/.csv/.jsonl file, sample:NAME or a HF id 'name[/config][:split]'")
     a("--dev", help="dev data (default: the task's dev split, else --dev-fraction of the training data)")
