@@ -323,7 +323,8 @@ def table_rows(result: dict) -> tuple[list, list]:
     main = result["config"]["metric"]
     metrics = [main] + [m for m in metrics if m != main]
     full = next((r for r in s if r["method"] == FULL), None)
-    head = ["method", "params"] + [f"dev {m}" for m in metrics] + ["lr", "best epoch", "peak memory", "train s"]
+    head = (["method", "params"] + [f"dev {m}" for m in metrics]
+            + ["lr", "best epoch", "peak memory", "train s", "time s"])
     cells = []
     for r in s:
         p = _count(r["params"]) + (f" ({100 * r['params'] / full['params']:.1f}%)" if full else "")
@@ -335,7 +336,8 @@ def table_rows(result: dict) -> tuple[list, list]:
                 txt += f" ± {r['std']:.4f}"
             vals.append(txt)
         mem = f"{r['peak_memory_gb']:.2f} GB" if r["peak_memory_gb"] is not None else "n/a"
-        cells.append([r["method"], p] + vals + [f"{r['lr']:g}", r["best_epoch"], mem, f"{r['train_s']:.1f}"])
+        cells.append([r["method"], p] + vals + [f"{r['lr']:g}", r["best_epoch"], mem, f"{r['train_s']:.1f}",
+                                                   f"{r['time_s']:.1f}"])
     return head, cells
 
 
@@ -357,7 +359,9 @@ def describe(result: dict) -> str:
 def write_markdown(result: dict) -> str:
     head, cells = table_rows(result)
     return (f"# Fine-tuning: {result['config']['model']} on {result['config']['task']}\n\n{describe(result)}\n\n"
-            f"{reports.markdown_table(head, cells)}\n\nRun {result['timestamp']}, config hash "
+            f"{reports.markdown_table(head, cells)}\n\ntrain s: the training epochs (compilation included); "
+            f"time s: compression, optional layer-wise tuning, training and dev evaluation. "
+            f"Run {result['timestamp']}, config hash "
             f"{result['config_hash']}, wall time {result['wall_s']:.1f} s.\n")
 
 
