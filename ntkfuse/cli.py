@@ -306,7 +306,8 @@ def _finetune_config(args):
     known = {f.name for f in dc.fields(FinetuneRunConfig)} | {"out"}
     bad = sorted(set(settings) - known)
     if bad:
-        raise FinetuneError(f"recipe {args.recipe}: unknown settings {', '.join(bad)}; known: {', '.join(sorted(known))}")
+        raise FinetuneError(f"recipe {args.recipe}: unknown settings {', '.join(bad)}; "
+                            f"known: {', '.join(sorted(known))}")
     for f in known - {"out", "method_options", "generate"}:
         v = getattr(args, f, None)
         if v is not None:

@@ -346,7 +346,8 @@ def describe(result: dict) -> str:
     mc = c["model_config"]
     mem = ("peak device memory from JAX's memory stats" if d["platform"] != "cpu" else
            "peak memory n/a on CPU (JAX reports no device memory stats; results.json has the process's peak RSS)")
-    return (f"model {c['model']} ({mc['family']}, {mc['num_layers']} layers, d={mc['hidden']}, D={mc['intermediate']}); "
+    return (f"model {c['model']} ({mc['family']}, {mc['num_layers']} layers, d={mc['hidden']}, "
+            f"D={mc['intermediate']}); "
             f"task {c['task']} ({c['task_kind']}): {c['n_train_examples']} training and {c['n_dev_examples']} dev "
             f"examples; compressed layers {','.join(map(str, c['layers']))} to width {c['width']} "
             f"(k-means n_init={c['n_init']}); {c['epochs']} epochs, batch {c['batch_size']}, AdamW (0.9, 0.98), "

@@ -17,7 +17,8 @@ def test_pair_columns_tsv(tmp_path, first, second):
 
 def test_pair_jsonl_and_csv_scores(tmp_path):
     p = tmp_path / "sts.jsonl"
-    p.write_text('{"sentence1": "a", "sentence2": "b", "label": 3.8}\n{"sentence1": "c", "sentence2": "d", "label": 1}\n')
+    p.write_text('{"sentence1": "a", "sentence2": "b", "label": 3.8}\n'
+                 '{"sentence1": "c", "sentence2": "d", "label": 1}\n')
     ex = read_jsonl(p, label_type="score")
     assert ex == [Example("a", 3.8, None, "b"), Example("c", 1.0, None, "d")]
     assert isinstance(ex[1].label, float)
