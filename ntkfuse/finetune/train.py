@@ -208,7 +208,9 @@ def task_metrics(task: Task, outputs: dict, dev: dict, tok=None, generations=Non
         if task.kind != "classification":
             raise FinetuneError(f"{task.kind} metrics need ntkfuse.finetune.metrics") from None
         return {"accuracy": float(np.mean(preds == refs))}
-    return {k: float(v) for k, v in compute_metrics(task.kind, preds, refs).items()}
+    # a GLUE task scores its own metric set (f1 for MRPC/QQP, matthews for CoLA); else the kind's
+    which = task.name if task.name.startswith("glue/") else task.kind
+    return {k: float(v) for k, v in compute_metrics(which, preds, refs).items()}
 
 
 def _better(task: Task, a: float, b: Optional[float]) -> bool:
