@@ -379,7 +379,9 @@ def learning_curves(result: dict, path: Optional[str | Path] = None) -> bytes:
         ep = [h["epoch"] for h in r["history"]]
         axes[0].plot(ep, [h["train_loss"] for h in r["history"]], marker="o", label=s["method"])
         axes[1].plot(ep, [h[metric] for h in r["history"]], marker="o", label=s["method"])
+    from matplotlib.ticker import MaxNLocator
     for ax, t in zip(axes, ("train loss", f"dev {metric}")):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(t, fontsize=9)
         ax.set_xlabel("epoch", fontsize=8)
         ax.grid(alpha=0.3)
