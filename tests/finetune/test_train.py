@@ -235,3 +235,21 @@ def test_generation_dev_set_is_greedy_decoded():
     hyps, refs = T._generate(cfg, p, WordTok(), webnlg(3), tc)
     assert len(hyps) == 3 and all(isinstance(h, str) for h in hyps)
     assert refs == [[e.target] for e in webnlg(3)]
+
+
+def test_layerwise_task_tuning_first_changes_only_the_compressed_mlps():
+    """tune_epochs=1 with a teacher: the compressed layer's MLP moves towards the teacher
+    before fine-tuning; with a negligible fine-tuning lr nothing else moves."""
+    cfg, p = tiny()
+    small = compress(cfg, p, "prune", [1], 8, jax.random.PRNGKey(0))
+    train, dev = sentiment(16), sentiment(8, seed=1)
+    task, tc = get_task("sample:sentiment"), FAST.replace(lr=1e-12, epochs=1, tune_lr=1e-2)
+    plain = finetune(cfg, small, WordTok(), train, dev, task, tc)["params"]
+    tuned = finetune(cfg, small, WordTok(), train, dev, task, tc.replace(tune_epochs=1), teacher=p,
+                     layers=[1])["params"]
+    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(plain)[0], jax.tree_util.tree_leaves(tuned)):
+        diff = float(np.abs(np.asarray(a) - np.asarray(b)).max())
+        if "['layers'][1]['mlp']" in jax.tree_util.keystr(path):
+            assert diff > 1e-4, jax.tree_util.keystr(path)
+        else:
+            assert diff < 1e-8, jax.tree_util.keystr(path)
