@@ -25,7 +25,7 @@ def models() -> dict:
     rng = np.random.default_rng(0)
     params = jax.tree_util.tree_map(lambda x: x + 0.3 * rng.standard_normal(x.shape).astype(x.dtype),
                                     init_params(CFG, jax.random.PRNGKey(0)))
-    fused = compress(CFG, params, "fusion", [1], 16, jax.random.PRNGKey(1))
+    fused = compress(CFG, params, "fusion", [1], 16, jax.random.PRNGKey(1), n_init=2, max_iter=20)
     assert isinstance(fused["layers"][1]["mlp"], FusedMLP)
     return {"dense": params, "fusion": fused}
 
