@@ -19,9 +19,10 @@ from .outputs import ModelOutput
 _FORWARDS = {"bert": bert.forward, "roberta": bert.forward, "gpt2": gpt2.forward}
 
 
-def forward(cfg: ModelConfig, params: dict, batch: dict, collect: bool = False) -> ModelOutput:
+def forward(cfg: ModelConfig, params: dict, batch: dict, collect: bool = False, *, rng=None) -> ModelOutput:
     """Pure forward pass. `batch`: {"input_ids": (B, T) int, "attention_mask": (B, T) 0/1,
     optional "token_type_ids", "position_ids"}. jit with `jax.jit(forward, static_argnums=(0, 3))`."""
+    del rng  # dropout: families branch
     return _FORWARDS[cfg.family](cfg, params, batch, collect)
 
 
