@@ -35,7 +35,7 @@ class GlueTask:
 
 
 GLUE_TASKS = {t.name: t for t in (
-    GlueTask("cola", "classification", 2, ("sentence",), ("mcc", "accuracy"), "mcc"),
+    GlueTask("cola", "classification", 2, ("sentence",), ("matthews", "accuracy"), "matthews"),
     GlueTask("sst2", "classification", 2, ("sentence",), ("accuracy",), "accuracy"),
     GlueTask("mrpc", "classification", 2, ("sentence1", "sentence2"), ("f1", "accuracy"), "f1"),
     GlueTask("qqp", "classification", 2, ("question1", "question2"), ("f1", "accuracy"), "f1"),
@@ -72,23 +72,30 @@ def _sp(name: str) -> Callable:
     return score
 
 
-METRICS = {"accuracy": _sk("accuracy"), "f1": _sk("f1"), "f1_macro": _sk("f1_macro"), "mcc": _sk("mcc"),
+METRICS = {"accuracy": _sk("accuracy"), "f1": _sk("f1"), "f1_macro": _sk("f1_macro"), "matthews": _sk("matthews"),
            "pearson": _sp("pearson"), "spearman": _sp("spearman")}
 _REGRESSION = ("pearson", "spearman")
 
 
+def _glue_name(name: str) -> str:
+    """"glue/cola" (the fine-tuning task name) and "cola" are the same task."""
+    return name[5:] if isinstance(name, str) and name.startswith("glue/") else name
+
+
 def _task(task: str) -> GlueTask:
+    task = _glue_name(task)
     if task not in GLUE_TASKS:
         raise MetricError(f"unknown GLUE task {task!r}; known: {', '.join(GLUE_TASKS)}")
     return GLUE_TASKS[task]
 
 
 def main_metric(task: str) -> str:
-    """The metric a GLUE task is ranked by (f1 for mrpc/qqp, mcc for cola, pearson for stsb)."""
+    """The metric a GLUE task ("cola" or "glue/cola") is ranked by (f1 for mrpc/qqp, matthews for cola, pearson for stsb)."""
     return _task(task).main_metric
 
 
 def _plan(task_or_kind: str) -> tuple[str, tuple]:
+    task_or_kind = _glue_name(task_or_kind)
     if task_or_kind in KINDS:
         return task_or_kind, KINDS[task_or_kind]
     if task_or_kind in GLUE_TASKS:
@@ -122,7 +129,7 @@ def _as_predictions(kind: str, predictions, references) -> tuple[np.ndarray, np.
 
 
 def compute_metrics(task_or_kind: str, predictions, references) -> dict:
-    """{metric: float} for a GLUE task name (its metrics, see GLUE_TASKS) or a kind
+    """{metric: float} for a GLUE task name ("cola" or "glue/cola"; its metrics, see GLUE_TASKS) or a kind
     ("classification": accuracy, macro F1; "regression": Pearson, Spearman).
     Classification predictions are labels (N,) or scores (N, classes), argmax taken."""
     kind, names = _plan(task_or_kind)

@@ -22,7 +22,7 @@ REFERENCE = {  # the libraries called directly
     "accuracy": lambda p, r: skm.accuracy_score(r, p),
     "f1": lambda p, r: skm.f1_score(r, p),
     "f1_macro": lambda p, r: skm.f1_score(r, p, average="macro"),
-    "mcc": lambda p, r: skm.matthews_corrcoef(r, p),
+    "matthews": lambda p, r: skm.matthews_corrcoef(r, p),
     "pearson": lambda p, r: scipy.stats.pearsonr(p, r).statistic,
     "spearman": lambda p, r: scipy.stats.spearmanr(p, r).statistic,
 }
@@ -46,6 +46,8 @@ def test_compute_metrics_equal_library(task_or_kind):
         assert got[name] == pytest.approx(REFERENCE[name](pred, ref), rel=1e-12, abs=1e-12), name
     if task_or_kind in GLUE_TASKS:
         assert main_metric(task_or_kind) in got
+        assert compute_metrics(f"glue/{task_or_kind}", pred, ref) == got
+        assert main_metric(f"glue/{task_or_kind}") == main_metric(task_or_kind)
 
 
 def test_scores_are_argmaxed():
@@ -55,7 +57,7 @@ def test_scores_are_argmaxed():
 
 def test_glue_table():
     assert {"sst2", "mnli", "mrpc", "cola", "stsb", "qnli", "qqp", "rte"} <= set(GLUE_TASKS)
-    assert [main_metric(t) for t in ("mrpc", "qqp", "cola", "stsb")] == ["f1", "f1", "mcc", "pearson"]
+    assert [main_metric(t) for t in ("mrpc", "qqp", "cola", "stsb")] == ["f1", "f1", "matthews", "pearson"]
     assert GLUE_TASKS["mnli"].text_columns == ("premise", "hypothesis") and GLUE_TASKS["mnli"].num_labels == 3
     assert GLUE_TASKS["qnli"].text_columns == ("question", "sentence")
     assert GLUE_TASKS["stsb"].kind == "regression" and GLUE_TASKS["stsb"].num_labels == 1
