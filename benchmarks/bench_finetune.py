@@ -55,6 +55,7 @@ KINDS = ("full", "dense", "fusion")
 DTYPES = ("fp32", "bf16")
 TARGETS = {"fp32": 1.3, "bf16": 2.0}        # minimum speedup over the peer, same batch
 GiB = 2 ** 30
+SMALL_LAYERS = 2                             # --small: tiny models of 2 layers, d = 64, D = 256
 
 
 # ----------------------------------------------------------------------------- one row (subprocess)
@@ -67,12 +68,12 @@ def model_config(model: str, small: bool):
 
     from ntkfuse.models import ModelConfig
     if model == "roberta":
-        size = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
+        size = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=SMALL_LAYERS, num_attention_heads=4,
                     vocab_size=500, max_position_embeddings=130) if small else {}
         hf = RobertaConfig(**{"vocab_size": 50265, "max_position_embeddings": 514, "type_vocab_size": 1,
                               "pad_token_id": 1, "num_labels": 2, **size})
     else:
-        size = dict(n_embd=64, n_layer=4, n_head=4, vocab_size=500, n_positions=128) if small else {}
+        size = dict(n_embd=64, n_layer=SMALL_LAYERS, n_head=4, vocab_size=500, n_positions=128) if small else {}
         hf = GPT2Config(**size)
     return ModelConfig.from_hf_config(hf.to_dict(), name=f"{model}{'-small' if small else ''}")
 
@@ -111,14 +112,18 @@ def make_step(cfg, task_kind: str, tc, total: int, dtype: str):
 def run_row(spec: dict) -> dict:
     """Time one (model, dtype, kind) row in this process; returns its JSON row."""
     import jax
-    import jax.numpy as jnp
+    precision = "highest" if spec["dtype"] == "fp32" else None
+    with jax.default_matmul_precision(precision):
+        return _run_row(spec)
+
+
+def _run_row(spec: dict) -> dict:
+    import jax
     import numpy as np
 
     from ntkfuse.compress import compress
     from ntkfuse.finetune.train import TrainConfig
     from ntkfuse.models import init_params
-    if spec["dtype"] == "fp32":
-        jax.config.update("jax_default_matmul_precision", "highest")
     cfg = model_config(spec["model"], spec["small"])
     if spec["scan"]:
         cfg = cfg.replace(scan_layers=True)
@@ -251,11 +256,12 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=",".join(MODELS), help="comma list of roberta, gpt2")
-    ap.add_argument("--dtypes", default=",".join(DTYPES), help="comma list of fp32, bf16")
-    ap.add_argument("--kinds", default=",".join(KINDS), help="comma list of full, dense, fusion")
+    ap.add_argument("--dtypes", default=None, help="comma list of fp32, bf16 (default both; fp32 with --small)")
+    ap.add_argument("--kinds", default=None, help="comma list of full, dense, fusion (default all; full,fusion "
+                                                  "with --small)")
     ap.add_argument("--batch", type=int, default=None, help="default: 32 roberta, 8 gpt2 (2 with --small)")
     ap.add_argument("--seq", type=int, default=None, help="default 128 (16 with --small)")
-    ap.add_argument("--layers", default=None, help="compressed layers, default 4-11 (1-3 with --small)")
+    ap.add_argument("--layers", default=None, help="compressed layers, default 4-11 (1 with --small)")
     ap.add_argument("--width", type=int, default=None, help="compressed MLP width, default 768 (32 with --small)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps (compilation), default 5 (1 --small)")
     ap.add_argument("--steps", type=int, default=None, help="timed steps, default 20 (3 --small)")
@@ -277,8 +283,9 @@ def main(argv=None):
     if not args.out:
         ap.error("--out is required")
     small = args.small
-    defaults = dict(seq=16 if small else 128, layers="1-3" if small else "4-11", width=32 if small else 768,
-                    warmup=1 if small else 5, steps=3 if small else 20)
+    defaults = dict(seq=16 if small else 128, layers="1" if small else "4-11", width=32 if small else 768,
+                    warmup=1 if small else 5, steps=3 if small else 20, dtypes="fp32" if small else ",".join(DTYPES),
+                    kinds="full,fusion" if small else ",".join(KINDS))
     for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -293,8 +300,8 @@ def main(argv=None):
     for name in ("seq", "width", "steps"):
         check_positive(name, getattr(args, name), integer=True, error=err)
     check_positive("warmup", args.warmup, integer=True, allow_zero=True, error=err)
-    layers = check_layers(parse_layers(args.layers, error=err), 4 if small else 12, error=err)
-    check_width(args.width, 256 if small else 3072, error=err)   # both models: 4 or 12 layers, D = 4d
+    layers = check_layers(parse_layers(args.layers, error=err), SMALL_LAYERS if small else 12, error=err)
+    check_width(args.width, 256 if small else 3072, error=err)   # both models: D = 4d
     peer = find_peer(args.peer, small)
     out_dir = Path(args.out)
 
@@ -314,7 +321,8 @@ def main(argv=None):
                     spec = {"model": model, "dtype": dtype, "kind": kind, "small": small, "batch": batch,
                             "seq": args.seq, "layers": layers, "width": args.width, "warmup": args.warmup,
                             "steps": args.steps, "seed": args.seed, "scan": args.scan}
-                    ours[kind] = _subprocess_row(spec)
+                    # A fresh process per row keeps device peaks apart; --small (CPU, no peak) saves the starts.
+                    ours[kind] = run_row(spec) if small else _subprocess_row(spec)
                     r = ours[kind]
                     mem = "n/a" if r["peak_mem_gb"] is None else f"{r['peak_mem_gb']:.2f} GiB"
                     print(f"ntkfuse {model} {dtype} {kind}: {1e3 * r['median_step_s']:.1f} ms/step, "
