@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ntkfuse.compare import KERNEL_KINDS, CompareError, describe, format_table, load_result, plot
+from ntkfuse.experiments.compare import KERNEL_KINDS, CompareError, describe, format_table, load_result, plot
 from ntkfuse.files import atomic_write
 
 

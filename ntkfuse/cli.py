@@ -1,7 +1,9 @@
-"""Command-line entry points (`ntkfuse-compare`, `python scripts/ntk_compare.py`).
+"""Command-line entry points: `ntkfuse-compare` / `python scripts/ntk_compare.py`
+(`compare_main`) and `python scripts/fit_surrogates.py` (`fit_surrogates_main`).
 
 Bad input ends the program with one line on stderr and exit status 2, never a
-traceback: every check runs in `ntkfuse.compare.prepare` before heavy work.
+traceback: every check runs in the driver (`ntkfuse.experiments.compare.prepare`,
+`ntkfuse.experiments.surrogates.check_settings`) before heavy work.
 """
 from __future__ import annotations
 
@@ -60,7 +62,7 @@ _FLAG_FIELDS = ("model", "methods", "layers", "width", "ntk_params", "kernel", "
 def load_recipe(path: str) -> dict:
     """Settings from a recipe file: a module with `get_config()` returning a dict (keys are
     CompareConfig fields, plus optional 'out')."""
-    from .compare import CompareConfig, CompareError
+    from .experiments.compare import CompareConfig, CompareError
     p = Path(path)
     if not p.is_file():
         raise CompareError(f"recipe not found: {p}")
@@ -82,7 +84,8 @@ def load_recipe(path: str) -> dict:
 
 def build_config(args: argparse.Namespace):
     """CompareConfig from defaults <- recipe <- flags; returns (config, out)."""
-    from .compare import CompareConfig, parse_layers, parse_list
+    from .experiments.compare import CompareConfig, CompareError, parse_list
+    from .validate import parse_layers
     settings = load_recipe(args.recipe) if args.recipe else {}
     for f in _FLAG_FIELDS:
         v = getattr(args, f)
@@ -96,7 +99,7 @@ def build_config(args: argparse.Namespace):
     if "methods" in settings:
         settings["methods"] = parse_list(settings["methods"])
     if "layers" in settings and settings["layers"] is not None:
-        settings["layers"] = parse_layers(settings["layers"])
+        settings["layers"] = parse_layers(settings["layers"], error=CompareError)
     if args.option:
         opts = {k: dict(v) for k, v in dict(settings.get("method_options", {})).items()}
         for spec in args.option:
@@ -107,8 +110,9 @@ def build_config(args: argparse.Namespace):
 
 
 def _parse_option(spec: str):
-    from .compare import CompareError
     import re
+
+    from .experiments.compare import CompareError
     m = re.fullmatch(r"\s*([A-Za-z_]+)\.([A-Za-z_]+)\s*=\s*(.*?)\s*", spec)
     if not m:
         raise CompareError(f"cannot parse --option {spec!r}: use METHOD.KEY=VALUE, e.g. sketch.keep=256")
@@ -127,13 +131,14 @@ def compare_main(argv: Optional[Sequence[str]] = None) -> int:
     t0 = time.perf_counter()
     out = None
     try:
-        from . import compare
+        from .experiments import compare
+        from .experiments.device import describe_device
         config, out = build_config(args)
         log("loading model and data ...")
         plan = compare.prepare(config)
         out = Path(out) if out else compare.default_out_dir(plan)
         log(compare.describe({"config": plan.resolved(), "data": compare.data_summary(plan),
-                              "device": compare.device_info()}))
+                              "device": describe_device()}))
         log(f"methods: {', '.join(plan.methods)}; results in {out}")
         result = compare.run(plan, out, progress=not args.no_progress, fresh=args.fresh, log=log)
         files = compare.write_reports(result, out)
@@ -149,6 +154,87 @@ def compare_main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"\nwall time {time.perf_counter() - t0:.1f} s (this process; reused methods: "
           f"{', '.join(result['reused']) or 'none'})")
     print("wrote " + ", ".join(str(f) for f in files.values()))
+    return 0
+
+
+FIT_SURROGATES_HELP = """Fit surrogate MLPs for chosen layers of a model and report what fitting buys.
+
+    python scripts/fit_surrogates.py                       # MiniLM, sentiment sample, layers 2-5, width 384
+    python scripts/fit_surrogates.py --kinds linear,bottleneck-fusion --steps 300 --out runs/fit
+    python scripts/fit_surrogates.py --help
+
+For every surrogate kind, all chosen layers' blocks are replaced and fitted to the
+original blocks' (input, output) token pairs (METHOD.md §4). Written to --out
+(atomically; rerunning with the same arguments resumes unfinished fits from their
+orbax checkpoints and reuses finished kinds; a directory holding another
+configuration is refused unless --fresh):
+  model_<kind>/        the fitted model (ntkfuse.compress.save_compressed, orbax)
+  results.json/.csv/.md  per layer and kind: held-out block error before/after fitting;
+                       per kind: output error (last compressed layer, logits) and NTK
+                       errors (vanilla and sign, abs and rel) before/after
+  results_model.csv    the per-kind (whole model) numbers of results.md
+  results.png          block error before/after per layer and kind
+  plan.json/.md        with --plan-widths: sensitivity rows, greedy and knapsack plans
+  run.json, parts/, ckpt/  resume state (configuration hash, finished kinds, orbax fit checkpoints)
+See docs/surrogates.md.
+"""
+
+
+def _fit_surrogates_parser() -> argparse.ArgumentParser:
+    from .experiments.surrogates import KIND_CHOICES, PLAN_METRICS, SurrogatesConfig
+    d = SurrogatesConfig()
+    p = argparse.ArgumentParser(prog="fit_surrogates.py", description=FIT_SURROGATES_HELP,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = p.add_argument
+    a("--model", default=d.model, help="ntkfuse.load name or checkpoint directory")
+    a("--data", default=d.data, help="sample:NAME, a .tsv/.csv/.jsonl file, or HF id")
+    a("--n-examples", type=int, default=d.n_examples, help="use the first N examples")
+    a("--layers", default=d.layers)
+    a("--width", type=int, default=d.width, help="bottleneck width k")
+    a("--rank", type=int, default=d.rank, help="rank of the low-rank linear surrogate")
+    a("--kinds", default=d.kinds, help=f"comma-separated, from: {', '.join(KIND_CHOICES)}")
+    a("--loss", default=d.loss, choices=("mse", "cosine"))
+    a("--steps", type=int, default=d.steps)
+    a("--batch-size", type=int, default=d.batch_size, help="tokens per layer per step")
+    a("--lr", type=float, default=d.lr)
+    a("--weight-decay", type=float, default=d.weight_decay)
+    a("--holdout", type=float, default=d.holdout)
+    a("--eval-every", type=int, default=d.eval_every)
+    a("--patience", type=int, default=d.patience)
+    a("--checkpoint-every", type=int, default=d.checkpoint_every)
+    a("--max-length", type=int, default=d.max_length)
+    a("--max-tokens", type=int, default=d.max_tokens, help="cap on collected tokens")
+    a("--n-init", type=int, default=d.n_init, help="k-means restarts for fusion (reference: 30)")
+    a("--ntk-examples", type=int, default=d.ntk_examples, help="examples in the NTK (0: skip NTK)")
+    a("--plan-widths", default=d.plan_widths,
+      help="e.g. 96,192,384,768: also measure singleton sensitivity (one layer replaced by "
+           "--plan-method at each width) and allocate widths under --plan-budget")
+    a("--plan-method", default=d.plan_method, help="one-shot method for the sensitivity sweep")
+    a("--plan-budget", type=float, default=d.plan_budget,
+      help="budget as a fraction of the chosen layers' original MLP parameters")
+    a("--plan-metric", default=d.plan_metric, choices=PLAN_METRICS)
+    a("--seed", type=int, default=d.seed)
+    a("--out", default="runs/fit_surrogates")
+    a("--fresh", action="store_true", help="recompute everything, overwriting --out")
+    a("--no-progress", action="store_true")
+    return p
+
+
+def fit_surrogates_main(argv: Optional[Sequence[str]] = None) -> int:
+    args = vars(_fit_surrogates_parser().parse_args(argv))
+    out, fresh, progress = args.pop("out"), args.pop("fresh"), not args.pop("no_progress")
+    from .experiments import surrogates
+    try:
+        surrogates.run(surrogates.SurrogatesConfig(**args), out, progress=progress, fresh=fresh,
+                       log=lambda s: print(s, flush=True))
+    except KeyboardInterrupt:
+        print(f"fit_surrogates.py: interrupted; finished kinds are saved in {out}: rerun the same command to "
+              "resume", file=sys.stderr)
+        return 130
+    except surrogates.SurrogateRunError as e:
+        print(f"fit_surrogates.py: error: {e}", file=sys.stderr)
+        return 2
+    print((Path(out) / "results.md").read_text())
     return 0
 
 

@@ -60,7 +60,7 @@ def test_collection_excludes_padding_and_matches_forward(tiny):
             np.testing.assert_allclose(y, np.asarray(out.mlp_outputs[l])[keep], rtol=1e-5, atol=1e-5)
     X, Y = collect_pairs(CFG, params, batches, layers, max_tokens=50)
     assert X.shape == Y.shape == (2, 50, CFG.hidden)
-    with pytest.raises(CollectError, match="valid layers"):
+    with pytest.raises(CollectError, match="layer 3 out of range: the model has layers 0..2"):
         collect_pairs(CFG, params, batches, (0, 3))
 
 

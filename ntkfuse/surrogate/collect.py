@@ -13,6 +13,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 import jax
 import numpy as np
 
+from .. import validate
 from ..models import ModelConfig, check_batch, forward
 
 
@@ -21,15 +22,8 @@ class CollectError(ValueError):
 
 
 def check_layers(cfg: ModelConfig, layers: Sequence[int]) -> tuple:
-    layers = tuple(int(l) for l in layers)
-    if not layers:
-        raise CollectError("no layers chosen; give at least one of " f"0..{cfg.num_layers - 1}")
-    bad = [l for l in layers if not 0 <= l < cfg.num_layers]
-    if bad:
-        raise CollectError(f"layers {bad} out of range; valid layers: 0..{cfg.num_layers - 1}")
-    if len(set(layers)) != len(layers):
-        raise CollectError(f"duplicate layers in {list(layers)}")
-    return layers
+    """`validate.check_layers` against `cfg`, raising CollectError (surrogate fitting's layer check)."""
+    return validate.check_layers(layers, cfg.num_layers, error=CollectError)
 
 
 @functools.lru_cache(maxsize=16)

@@ -14,6 +14,7 @@ from typing import Callable, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
+from .. import validate
 from ..models import ModelConfig, check_batch, count_params, forward, get_mlp, replace_mlps
 from .collect import check_layers
 
@@ -77,9 +78,9 @@ def layer_sensitivity(cfg: ModelConfig, params: dict, batches: Sequence[dict], l
         raise SensitivityError("no batches")
     for b in batches:
         check_batch(cfg, b)
-    widths = [int(w) for w in widths]
-    if not widths or min(widths) < 1:
-        raise SensitivityError(f"widths must be positive integers, got {widths}")
+    if not len(widths):
+        raise SensitivityError("no widths given")
+    widths = [int(validate.check_positive("widths", w, integer=True, error=SensitivityError)) for w in widths]
     key = jax.random.PRNGKey(0) if key is None else key
     out_layer = cfg.num_layers if output_layer is None else output_layer  # hidden-state index
     rows = []

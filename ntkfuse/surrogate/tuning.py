@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from .. import validate
 from ..models import ModelConfig, check_batch, forward, get_mlp, replace_mlps
 from .collect import check_layers
 
@@ -33,10 +34,8 @@ class TuneConfig:
     progress: bool = False
 
     def __post_init__(self):
-        if self.lr <= 0:
-            raise TuneError(f"lr must be > 0, got {self.lr}")
-        if self.epochs < 1:
-            raise TuneError(f"epochs must be >= 1, got {self.epochs}")
+        validate.check_positive("lr", self.lr, error=TuneError)
+        validate.check_positive("epochs", self.epochs, integer=True, error=TuneError)
 
 
 def hidden_loss(cfg: ModelConfig, student: dict, teacher: dict, batch: dict, layers: tuple) -> jax.Array:

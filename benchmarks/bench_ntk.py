@@ -1,9 +1,9 @@
 """Benchmark the empirical NTK engine on roberta-base shapes (or tiny ones on CPU).
 
-    python scripts/bench_ntk.py --n 128 --peer .bench/peers/torch_ntk_baseline.py --accuracy \
+    python benchmarks/bench_ntk.py --n 128 --peer .bench/peers/torch_ntk_baseline.py --accuracy \
         --variants full,full-gram-bf16x3,layers --out /tmp/bench_ntk
-    python scripts/bench_ntk.py --n 1024 --variants auto --out /tmp/bench_ntk_1024      # "layers"
-    python scripts/bench_ntk.py --small --variants full,layers --accuracy --out /tmp/s  # CPU
+    python benchmarks/bench_ntk.py --n 1024 --variants auto --out /tmp/bench_ntk_1024      # "layers"
+    python benchmarks/bench_ntk.py --small --variants full,layers --accuracy --out /tmp/s  # CPU
 
 Every variant (see VARIANTS; "default" = the CLI options) runs in this one process after its own
 compile: first call (incl. compile), median of --repeats calls, peak device memory so far (the
@@ -26,10 +26,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
+if __package__ in (None, ""):  # run as a file: make the `benchmarks` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ntkfuse.compare import parse_layers
-from ntkfuse.files import atomic_write
+import numpy as np  # noqa: E402
+
+from benchmarks import harness  # noqa: E402
 
 
 def measure_rates(jax, jnp, small):
@@ -37,23 +39,11 @@ def measure_rates(jax, jnp, small):
     n = 1024 if small else 8192
     a = jnp.ones((n, n), jnp.float32)
     f = jax.jit(lambda x: x @ x)
-    f(a).block_until_ready()
-    ts = []
-    for _ in range(5):
-        t = time.perf_counter()
-        f(a).block_until_ready()
-        ts.append(time.perf_counter() - t)
-    flops = 2 * n ** 3 / min(ts)
+    flops = harness.rate(2 * n ** 3, harness.time_calls(lambda: f(a), 5).min_s)
     m = (32 if small else 1024) * 2**20 // 4
     x = jnp.ones((m,), jnp.float32)
     g = jax.jit(lambda x: x * 2.0)
-    g(x).block_until_ready()
-    ts = []
-    for _ in range(5):
-        t = time.perf_counter()
-        g(x).block_until_ready()
-        ts.append(time.perf_counter() - t)
-    bw = 2 * m * 4 / min(ts)
+    bw = harness.rate(2 * m * 4, harness.time_calls(lambda: g(x), 5).min_s)
     return flops, bw
 
 
@@ -101,7 +91,7 @@ def main():
     ap.add_argument("--compute-dtype", default=None, help="e.g. bfloat16 (accumulation stays float32)")
     ap.add_argument("--precision", default="highest", help="jax_default_matmul_precision (highest = no TF32)")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--small", action="store_true", help="tiny shapes for CPU")
+    harness.add_small(ap, "tiny shapes for CPU")
     ap.add_argument("--peer", default=None, help="path of torch_ntk_baseline.py to run and compare against")
     ap.add_argument("--peer-modes", default="loop,vmap", help="loop first, so the vmap timing is warm")
     ap.add_argument("--variants", default="default",
@@ -117,7 +107,7 @@ def main():
         args.num_layers, args.heads, args.vocab = 4, 4, 1000 if args.peer is None else 50265
         if args.layers == "4-11":
             args.layers = "2-3"
-    layers = parse_layers(args.layers)
+    layers = tuple(harness.parse_layers(args.layers))
     kinds = tuple(k for k in args.kinds.split(",") if k)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -150,14 +140,14 @@ def main():
                 param_block=args.param_block, compute_dtype=args.compute_dtype, strategy=args.strategy,
                 memory_budget_bytes=int(args.memory_budget_gb * 2**30) if args.memory_budget_gb else None)
 
-    dev = jax.devices()[0]
     t_start = time.perf_counter()
     flops_rate, bw = measure_rates(jax, jnp, args.small)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(sel.split(params)[0]))
     fl = floor_flops(cfg, args.n, args.seq, layers, n_params, len(kinds))
     floor_s = fl["total"] / flops_rate
+    dev = harness.device()
     result = {
-        "device": str(dev.device_kind), "platform": dev.platform, "jax": jax.__version__,
+        "device": dev["kind"], "platform": dev["platform"], "jax": dev["jax"], "versions": harness.versions(),
         "n": args.n, "seq": args.seq, "layers": layers, "n_params": n_params, "kinds": list(kinds),
         "shapes": {"hidden": cfg.hidden, "intermediate": cfg.intermediate, "num_layers": cfg.num_layers,
                    "vocab": cfg.vocab_size},
@@ -185,28 +175,21 @@ def main():
             o["chunk"] = args.n
         try:
             with jax.default_matmul_precision(matmul):
-                t0 = time.perf_counter()
-                K, plan = ntk.kernels(cfg, params, batch, return_plan=True, **o)
-                jax.block_until_ready(K)
-                first = time.perf_counter() - t0
-                times = []
-                for _ in range(args.repeats):
-                    t0 = time.perf_counter()
-                    jax.block_until_ready(ntk.kernels(cfg, params, batch, **o))
-                    times.append(time.perf_counter() - t0)
+                t = harness.time_calls(lambda: ntk.kernels(cfg, params, batch, **o), args.repeats,
+                                       first=lambda: ntk.kernels(cfg, params, batch, return_plan=True, **o))
+                (K, plan), first, times = t.out, t.first_s, t.times
         except Exception as e:  # noqa: BLE001 - e.g. a preset the backend lacks, or OOM: record, go on
             result["variants"][name] = {"skipped": f"{type(e).__name__}: {str(e)[:300]}"}
             print(name, "failed:", result["variants"][name]["skipped"], flush=True)
             continue
-        med = float(np.median(times))
-        stats = dev.memory_stats() or {}
+        med = t.median_s
         kernels_by_variant[name] = {k: np.asarray(K[k], np.float64) for k in K}
         row = {"matmul_precision": matmul, "gram_precision": o.get("gram_precision", "highest"),
                "gram_impl": plan.gram_impl, "compute_dtype": o.get("compute_dtype") or "float32",
                "plan": {"strategy": plan.strategy, "chunk": plan.chunk, "n_blocks": len(plan.blocks),
                         "d_chunks": list(plan.d_chunks), "g_bytes": plan.g_bytes, "budget": plan.budget},
                "first_call_s": first, "median_s": med, "times_s": times, "measured_over_floor": med / floor_s,
-               "peak_bytes_in_use_so_far": stats.get("peak_bytes_in_use")}
+               "peak_bytes_in_use_so_far": harness.peak_memory_bytes()}
         if peer is not None:
             ref = np.load(out / "peer" / "kernels.npz")
             row["rel_diff_vs_peer"] = {k: ntk.ntk_error(kernels_by_variant[name][k], ref[r])["rel"]
@@ -216,7 +199,7 @@ def main():
                     row["speedup_vs_peer_" + mode] = peer[mode]["total_s"] / med
         result["variants"][name] = row
         print(name, json.dumps(row, default=float), flush=True)
-        atomic_write(out / "result.json", json.dumps(result, indent=2, default=float))
+        harness.write_json(out / "result.json", result, indent=2, default=float)
         del K
 
     if args.accuracy and "ntk" in kinds:
@@ -234,8 +217,9 @@ def main():
         result["variants"][name]["rel_vs_" + first_name] = {
             k: float(np.linalg.norm(kv[k] - kernels_by_variant[first_name][k]) / np.linalg.norm(kernels_by_variant[first_name][k]))
             for k in kv}
-    atomic_write(out / "result.json", json.dumps(result, indent=2, default=float))
+    harness.write_json(out / "result.json", result, indent=2, default=float)
     md = render_md(result)
+    from ntkfuse.files import atomic_write
     atomic_write(out / "result.md", md)
     print(md)
 
@@ -267,17 +251,12 @@ def accuracy_vs_float64(jax, jnp, ntk, cfg, params, batch, opts, kinds, repeats)
     for gp, impl in combos:
         f = jax.jit(lambda ls: km._gram_add({k: jnp.zeros((n, n), jnp.float32) for k in gk}, ls, ls, gk, gp, impl))
         try:
-            K = f(leaves)
+            t = harness.time_calls(lambda: f(leaves), max(repeats, 3), first=lambda: f(leaves))
         except Exception as e:  # noqa: BLE001 - an unsupported preset is reported, not fatal
             out[f"{gp}/{impl}"] = {"error": str(e)[:200]}
             continue
-        jax.block_until_ready(K)
-        ts = []
-        for _ in range(max(repeats, 3)):
-            t0 = time.perf_counter()
-            jax.block_until_ready(f(leaves))
-            ts.append(time.perf_counter() - t0)
-        out[f"{gp}/{impl}"] = {"median_s": float(np.median(ts)),
+        K = t.out
+        out[f"{gp}/{impl}"] = {"median_s": t.median_s,
                                "rel_vs_float64": {k: float(np.linalg.norm(np.asarray(K[k], np.float64) - ref[k])
                                                            / np.linalg.norm(ref[k])) for k in gk}}
         print("gram", gp, impl, out[f"{gp}/{impl}"], flush=True)

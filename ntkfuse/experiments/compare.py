@@ -11,14 +11,9 @@ markdown and a PNG plot.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
-import datetime as _dt
-import hashlib
 import io
-import json
 import math
-import platform
 import re
 import time
 from pathlib import Path
@@ -27,11 +22,15 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import jax
 import numpy as np
 
-from . import __version__
-from .checkpoints import load
-from .data import DataError, load_examples, make_batch
-from .files import atomic_write
-from .models import check_batch, get_mlp
+from .. import __version__, validate
+from ..checkpoints import load
+from ..data import DataError, load_examples, make_batch
+from ..files import atomic_write
+from ..models import check_batch, get_mlp
+from . import hashing, keys, reports
+from .device import describe_device
+from .records import timestamp, versions
+from .store import open_store
 
 KERNEL_KINDS = ("ntk", "sign")
 NTK_PARAMS = ("compressed", "all-mlps", "all")
@@ -45,7 +44,7 @@ class CompareError(ValueError):
 
 
 def _methods():
-    from .compress import METHODS
+    from ..compress import METHODS
     return tuple(METHODS)
 
 
@@ -108,28 +107,6 @@ class Plan:
 # --------------------------------------------------------------------------- parsing helpers
 
 
-def parse_layers(spec) -> tuple:
-    """'2-5' -> (2, 3, 4, 5); '4,5,6' -> (4, 5, 6); '1-2,7' also works; ints pass through."""
-    if spec is None:
-        return None
-    if isinstance(spec, int):
-        return (spec,)
-    if not isinstance(spec, str):
-        return tuple(int(x) for x in spec)
-    out = []
-    for part in spec.replace(" ", "").split(","):
-        m = re.fullmatch(r"(-?\d+)(?:-(\d+))?", part)
-        if not m:
-            raise CompareError(f"cannot parse layers {spec!r}: use e.g. '2-5' or '4,5,6'")
-        a, b = int(m.group(1)), int(m.group(2) or m.group(1))
-        if b < a:
-            raise CompareError(f"layer range {part!r} is empty (end before start)")
-        out.extend(range(a, b + 1))
-    if len(set(out)) != len(out):
-        raise CompareError(f"layers {spec!r} name a layer twice")
-    return tuple(out)
-
-
 def parse_list(spec) -> tuple:
     if spec is None:
         return None
@@ -152,8 +129,7 @@ def method_key(seed: int, method: str):
     """PRNG key of one method: independent of which other methods run and in which order.
     cluster uses fusion's key: both are built from the same k-means (METHOD.md §2), which a
     run computes once (`run_method`'s kmeans_cache) and which is the same run alone."""
-    m = "fusion" if method in KMEANS_METHODS else method
-    return jax.random.fold_in(jax.random.PRNGKey(seed), _methods().index(m))
+    return keys.indexed_key(seed, _methods(), "fusion" if method in KMEANS_METHODS else method)
 
 
 def method_options(config: CompareConfig, method: str) -> dict:
@@ -175,38 +151,33 @@ def check_settings(config: CompareConfig) -> tuple:
                            f"known: {', '.join(known)}")
     if len(set(methods)) != len(methods):
         raise CompareError(f"a method is listed twice in {','.join(methods)}")
-    from .compress import OPTIONS
+    from ..compress import OPTIONS
     for m, opts in dict(config.method_options).items():
         if m not in known:
             raise CompareError(f"options for unknown method {m!r}; known: {', '.join(known)}")
-        bad = sorted(set(opts) - set(OPTIONS[m]))
-        if bad:
-            raise CompareError(f"unknown option{'s' if len(bad) > 1 else ''} {', '.join(bad)} for method {m}; "
-                               f"valid: {', '.join(sorted(OPTIONS[m])) or 'none'}")
+        validate.check_options(f"method {m}", opts, OPTIONS[m], error=CompareError)
     kinds = parse_list(config.kernel)
     if not kinds or any(k not in KERNEL_KINDS for k in kinds):
         raise CompareError(f"unknown kernel {','.join(kinds or ())!r}; choose from ntk, sign (or both)")
-    if config.ntk_params not in NTK_PARAMS:
-        raise CompareError(f"unknown --ntk-params {config.ntk_params!r}; choose from {', '.join(NTK_PARAMS)}")
-    if config.output is not None and config.output not in OUTPUTS:
-        raise CompareError(f"unknown --output {config.output!r}; choose from {', '.join(OUTPUTS)}")
-    if config.reduction not in ("sum", "mean"):
-        raise CompareError(f"unknown reduction {config.reduction!r}; choose sum or mean")
+    validate.check_choice("--ntk-params", config.ntk_params, NTK_PARAMS, error=CompareError)
+    if config.output is not None:
+        validate.check_choice("--output", config.output, OUTPUTS, error=CompareError)
+    validate.check_choice("reduction", config.reduction, ("sum", "mean"), error=CompareError)
     for name in ("n_examples", "max_length", "n_init"):
-        v = getattr(config, name)
-        if not isinstance(v, int) or v < 1:
-            raise CompareError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
+        validate.check_positive(f"--{name.replace('_', '-')}", getattr(config, name), integer=True,
+                                error=CompareError)
     if config.max_length < 2:
         raise CompareError(f"--max-length must be >= 2, got {config.max_length}")
-    if config.chunk is not None and config.chunk < 1:
-        raise CompareError(f"chunk must be a positive integer, got {config.chunk}")
-    if config.reference_protocol and config.layers is not None and tuple(parse_layers(config.layers)) != (0,):
+    if config.chunk is not None:
+        validate.check_positive("chunk", config.chunk, integer=True, error=CompareError)
+    if config.reference_protocol and config.layers is not None and \
+            tuple(validate.parse_layers(config.layers, error=CompareError)) != (0,):
         raise CompareError("--reference-protocol compresses layer 0 only; drop --layers or use --layers 0")
     return methods
 
 
 def _scalar_output(config: CompareConfig, cfg, name: str):
-    from . import ntk
+    from .. import ntk
     if name == "class-prob":
         if cfg.head != "classifier":
             raise CompareError(f"--output class-prob needs a classifier head; {cfg.family} has head {cfg.head!r} "
@@ -221,7 +192,7 @@ def _scalar_output(config: CompareConfig, cfg, name: str):
 
 
 def _selector(plan: "Plan"):
-    from . import ntk
+    from .. import ntk
     if plan.config.ntk_params == "compressed":
         return ntk.mlp_layers(plan.layers)
     return ntk.all_mlps() if plan.config.ntk_params == "all-mlps" else ntk.all_params()
@@ -240,15 +211,10 @@ def prepare(config: CompareConfig, loaded=None) -> Plan:
         data_spec = DEFAULT_DATA[cfg.family]
         examples = load_examples(data_spec, config.n_examples)
     L, D = cfg.num_layers, cfg.intermediate
-    layers = (0,) if config.reference_protocol else (parse_layers(config.layers) or default_layers(L))
-    bad = [l for l in layers if not 0 <= l < L]
-    if bad:
-        raise CompareError(f"layer{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))} out of range: "
-                           f"the model has layers 0..{L - 1}")
-    layers = tuple(sorted(layers))
-    width = D // 4 if config.width is None else config.width
-    if not isinstance(width, int) or not 1 <= width <= D:
-        raise CompareError(f"width {width!r} out of range: must be between 1 and the MLP width D = {D}")
+    layers = (0,) if config.reference_protocol else (validate.parse_layers(config.layers, error=CompareError)
+                                                     or default_layers(L))
+    layers = tuple(sorted(validate.check_layers(layers, L, error=CompareError)))
+    width = validate.check_width(D // 4 if config.width is None else config.width, D, error=CompareError)
     output = config.output or ("target-logprob" if cfg.head == "lm" else "class-prob")
     _scalar_output(config, cfg, output)
     batch = make_batch(cfg, tok, examples, config.max_length)
@@ -271,11 +237,7 @@ def config_hash(plan: Plan) -> str:
            "width": plan.width, "ntk_params": c.ntk_params, "kernel": sorted(parse_list(c.kernel)),
            "seed": c.seed, "output": plan.output, "class_index": c.class_index, "reduction": c.reduction,
            "reference_protocol": c.reference_protocol, "output_layer": plan.output_layer}
-    h = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode())
-    for k in sorted(plan.batch):
-        a = np.ascontiguousarray(plan.batch[k])
-        h.update(k.encode() + str(a.shape).encode() + a.tobytes())
-    return h.hexdigest()[:16]
+    return hashing.config_hash(key, plan.batch)
 
 
 # Bumped when a method's computation changes for the same settings (2: cluster shares fusion's
@@ -286,9 +248,7 @@ ROW_FORMAT = 2
 def method_hash(plan: Plan, method: str) -> str:
     """Tag of one method's row: the run's hash plus that method's options (so changing
     --n-init recomputes fusion and cluster only)."""
-    key = json.dumps([plan.config_hash, method, method_options(plan.config, method), ROW_FORMAT],
-                     sort_keys=True, default=str)
-    return hashlib.sha256(key.encode()).hexdigest()[:16]
+    return hashing.tag(plan.config_hash, method, method_options(plan.config, method), ROW_FORMAT)
 
 
 def default_out_dir(plan: Plan, root: str | Path = "results/ntk_compare") -> Path:
@@ -296,34 +256,11 @@ def default_out_dir(plan: Plan, root: str | Path = "results/ntk_compare") -> Pat
     return Path(root) / f"{name}-{plan.config_hash[:8]}"
 
 
-def _json(obj) -> str:
-    return json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n"
-
-
-def _jsonable(x):
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (np.floating,)):
-        return float(x)
-    if isinstance(x, (np.ndarray, jax.Array)):
-        return np.asarray(x).tolist()
-    if isinstance(x, (tuple, set)):
-        return list(x)
-    return str(x)
-
-
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 # --------------------------------------------------------------------------- the work
 
 
 def _kernels(plan: Plan, params, scalar, selector) -> dict:
-    from . import ntk
+    from .. import ntk
     kinds = tuple(k for k in KERNEL_KINDS if k in parse_list(plan.config.kernel))
     ks = ntk.kernels(plan.cfg, params, plan.batch, output=scalar, selector=selector, kinds=kinds,
                      chunk=plan.config.chunk)
@@ -352,7 +289,7 @@ def reference_kernels(plan: Plan, out_dir: Optional[Path]) -> dict:
 def _kmeans_for(plan: Plan, method: str, cache: Optional[dict]):
     """(k-means of fusion/cluster, seconds spent on it, whether it came from `cache`).
     The cache key holds everything the k-means depends on besides the plan's params."""
-    from . import compress as C
+    from .. import compress as C
     opts = {**{k: C.OPTIONS[method][k] for k in KMEANS_OPTIONS}, **method_options(plan.config, method)}
     opts = {k: opts[k] for k in KMEANS_OPTIONS}
     ck = (plan.layers, plan.width, plan.config.seed, tuple(sorted(opts.items())))
@@ -370,8 +307,8 @@ def run_method(plan: Plan, method: str, K_ref: dict, kmeans_cache: Optional[dict
     """Compress with one method and measure it against the original (one result row).
     `kmeans_cache` (a dict kept across calls with the same plan) lets fusion and cluster
     share one k-means; the result is identical to computing it in each."""
-    from . import compress as C
-    from . import ntk
+    from .. import compress as C
+    from .. import ntk
     cfg, params, layers = plan.cfg, plan.params, plan.layers
     opts = method_options(plan.config, method)
     t0 = time.perf_counter()
@@ -412,28 +349,11 @@ def run_method(plan: Plan, method: str, K_ref: dict, kmeans_cache: Optional[dict
     return row
 
 
-def _method_file(out_dir: Path, method: str) -> Path:
-    return out_dir / "methods" / f"{method}.json"
-
-
-def open_out_dir(plan: Plan, out_dir: Path, fresh: bool = False) -> Path:
-    """Create `out_dir` or check that it holds results of the same configuration."""
-    out_dir = Path(out_dir)
-    state = out_dir / "run.json"
-    old = _read_json(state) if state.exists() else None
-    if old is not None and old.get("config_hash") != plan.config_hash:
-        if not fresh:
-            raise CompareError(f"{out_dir} holds results of a different configuration (hash "
-                               f"{old.get('config_hash')}, this run {plan.config_hash}); choose another --out or "
-                               "pass --fresh to overwrite them")
-    if fresh:
-        for f in list((out_dir / "methods").glob("*.json")) + [out_dir / "reference.npz"]:
-            if f.exists():
-                f.unlink()
-    elif out_dir.exists() and any(out_dir.iterdir()) and old is None:
-        raise CompareError(f"{out_dir} exists and is not an ntk_compare result directory; choose another --out")
-    atomic_write(state, _json({"config_hash": plan.config_hash, "config": plan.resolved()}))
-    return out_dir
+def open_out_dir(plan: Plan, out_dir: Path, fresh: bool = False):
+    """The run's result store: `out_dir`/methods/<method>.json rows tagged by `method_hash`,
+    the reference kernel cache; another configuration's directory is refused unless `fresh`."""
+    return open_store(out_dir, plan.config_hash, plan.resolved(), tool="ntk_compare", fresh=fresh,
+                      rows="methods", tag_field="method_hash", caches=("reference.npz",), error=CompareError)
 
 
 def data_summary(plan: Plan) -> dict:
@@ -441,18 +361,13 @@ def data_summary(plan: Plan) -> dict:
     return {"spec": plan.data, "n_examples": int(n), "padded_length": int(t), "tokens": plan.n_tokens}
 
 
-def device_info() -> dict:
-    """The accelerator JAX uses, as recorded in results.json and printed at the start."""
-    return {"platform": jax.default_backend(), "kind": jax.devices()[0].device_kind, "count": jax.device_count()}
-
-
 def run(plan: Plan, out_dir: Optional[Path] = None, *, progress: bool = True, fresh: bool = False,
         log: Callable[[str], None] = lambda s: None) -> dict:
     """Run every method of `plan` (reusing finished ones from `out_dir`); returns the result
     dict that `write_reports` writes. `out_dir=None` keeps everything in memory."""
     from tqdm.auto import tqdm
-    if out_dir is not None:
-        out_dir = open_out_dir(plan, Path(out_dir), fresh)
+    store = open_out_dir(plan, Path(out_dir), fresh) if out_dir is not None else None
+    out_dir = store.root if store is not None else None
     started = time.perf_counter()
     t0 = time.perf_counter()
     log(f"reference kernels ({', '.join(parse_list(plan.config.kernel))}) of the original model ...")
@@ -462,14 +377,13 @@ def run(plan: Plan, out_dir: Optional[Path] = None, *, progress: bool = True, fr
     bar = tqdm(plan.methods, desc="methods", unit="method", disable=not progress, leave=False)
     for method in bar:
         bar.set_postfix_str(method)
-        f = _method_file(out_dir, method) if out_dir is not None else None
-        row = _read_json(f) if f is not None and f.exists() else None
-        if row is not None and row.get("method_hash") == method_hash(plan, method):
+        row = store.load_row((method,), method_hash(plan, method)) if store is not None else None
+        if row is not None:
             reused.append(method)
         else:
             row = run_method(plan, method, K_ref, kmeans_cache)
-            if f is not None:
-                atomic_write(f, _json(row))
+            if store is not None:
+                store.save_row((method,), row)
         rows.append(row)
     bar.close()
     if reused:
@@ -484,10 +398,9 @@ def run(plan: Plan, out_dir: Optional[Path] = None, *, progress: bool = True, fr
                       "time_s": ref_s},
         "results": rows,
         "reused": reused,
-        "versions": {"ntkfuse": __version__, "jax": jax.__version__, "numpy": np.__version__,
-                     "python": platform.python_version()},
-        "device": device_info(),
-        "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": versions(),
+        "device": describe_device(),
+        "timestamp": timestamp(),
         "wall_s": time.perf_counter() - started,
     }
 
@@ -548,13 +461,7 @@ def _layer_str(layers) -> str:
 
 def format_table(result: dict, markdown: bool = False) -> str:
     head, cells = table_rows(result)
-    if markdown:
-        lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-        lines += ["| " + " | ".join(r) + " |" for r in cells]
-        return "\n".join(lines)
-    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(head)]
-    fmt = lambda r: "  ".join(x.rjust(w) if i else x.ljust(w) for i, (x, w) in enumerate(zip(r, widths)))  # noqa
-    return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in cells])
+    return reports.markdown_table(head, cells) if markdown else reports.text_table(head, cells)
 
 
 def describe(result: dict) -> str:
@@ -575,12 +482,7 @@ def describe(result: dict) -> str:
 
 
 def write_csv(result: dict) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow([h for _, h in COLUMNS])
-    for r in result["results"]:
-        w.writerow(["" if r.get(k) is None else r.get(k) for k, _ in COLUMNS])
-    return buf.getvalue()
+    return reports.csv_text(result["results"], COLUMNS)
 
 
 def write_markdown(result: dict) -> str:
@@ -594,42 +496,22 @@ def write_markdown(result: dict) -> str:
 def plot(results: Sequence[dict], path: Optional[str | Path] = None, labels: Optional[Sequence[str]] = None):
     """Bar charts (one panel per measure, one bar group per method, one colour per run).
     Returns PNG bytes and, when `path` is given, writes them atomically."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     kinds = [k for k in KERNEL_KINDS if any(k in r["config"]["kernel"] for r in results)]
-    panels = [(f"{k}_rel", "relative NTK error" if k == "ntk" else "relative sign-NTK error") for k in kinds]
-    panels += [("out_err_layer", "output error (last compressed layer)"), ("out_err_logits", "output error (logits)")]
+    measures = [(f"{k}_rel", "relative NTK error" if k == "ntk" else "relative sign-NTK error") for k in kinds]
+    measures += [("out_err_layer", "output error (last compressed layer)"),
+                 ("out_err_logits", "output error (logits)")]
     methods = []
     for r in results:
         methods += [row["method"] for row in r["results"] if row["method"] not in methods]
     labels = list(labels) if labels else [r["config"]["model"] for r in results]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4))
-    axes = np.atleast_1d(axes)
-    width = 0.8 / max(1, len(results))
-    x = np.arange(len(methods))
-    for ax, (key, title) in zip(axes, panels):
-        for j, r in enumerate(results):
+    panels = []
+    for key, title in measures:
+        series = []
+        for lab, r in zip(labels, results):
             by = {row["method"]: row for row in r["results"]}
-            vals = [by[m].get(key, np.nan) if m in by else np.nan for m in methods]
-            ax.bar(x + (j - (len(results) - 1) / 2) * width, vals, width, label=labels[j])
-        finite = [v for r in results for row in r["results"] for v in [row.get(key)]
-                  if v is not None and np.isfinite(v) and v > 0]
-        if finite and max(finite) / min(finite) > 100:  # one method far off: keep the others readable
-            ax.set_yscale("log")
-        ax.set_title(title, fontsize=9)
-        ax.set_xticks(x, methods, rotation=45, ha="right", fontsize=8)
-        ax.tick_params(axis="y", labelsize=8)
-        ax.grid(axis="y", alpha=0.3)
-    if len(results) > 1:
-        axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    if path is not None:
-        atomic_write(path, buf.getvalue())
-    return buf.getvalue()
+            series.append((lab, [by[m].get(key, np.nan) if m in by else np.nan for m in methods]))
+        panels.append((title, series))
+    return reports.bar_panels(panels, methods, path)
 
 
 def write_reports(result: dict, out_dir: str | Path) -> dict:
@@ -637,7 +519,7 @@ def write_reports(result: dict, out_dir: str | Path) -> dict:
     out_dir = Path(out_dir)
     files = {"json": out_dir / "results.json", "csv": out_dir / "results.csv", "md": out_dir / "results.md",
              "png": out_dir / "ntk_compare.png"}
-    atomic_write(files["json"], _json(result))
+    reports.write_json(files["json"], result)
     atomic_write(files["csv"], write_csv(result))
     atomic_write(files["md"], write_markdown(result))
     plot([result], files["png"])
@@ -649,13 +531,13 @@ def load_result(path: str | Path) -> dict:
     p = Path(path)
     if p.is_dir():
         p = p / "results.json"
-    r = _read_json(p)
+    r = reports.read_json(p)
     if not isinstance(r, dict) or r.get("tool") != "ntk_compare":
         raise CompareError(f"{p}: not an ntk_compare results.json")
     return r
 
 
 __all__ = ["CompareConfig", "CompareError", "Plan", "prepare", "run", "run_method", "reference_kernels",
-           "write_reports", "format_table", "table_rows", "describe", "plot", "load_result", "parse_layers",
-           "parse_list", "default_layers", "data_summary", "device_info", "method_key", "KMEANS_METHODS", "ROW_FORMAT", "method_options", "config_hash", "method_hash", "default_out_dir",
+           "write_reports", "format_table", "table_rows", "describe", "plot", "load_result",
+           "parse_list", "default_layers", "data_summary", "method_key", "open_out_dir", "KMEANS_METHODS", "ROW_FORMAT", "method_options", "config_hash", "method_hash", "default_out_dir",
            "KERNEL_KINDS", "NTK_PARAMS", "OUTPUTS", "DEFAULT_DATA", "DEFAULT_N_INIT"]

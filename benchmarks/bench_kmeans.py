@@ -10,25 +10,28 @@ Data (deterministic, documented so the peer clusters the same points):
 Timing: JAX wall time of the first call (includes compilation) and the median of
 ``--repeats`` later calls (jitted, ``block_until_ready``); compile ≈ first − median.
 
-  python scripts/bench_kmeans.py --small --out /tmp/bench_kmeans.json
-  python scripts/bench_kmeans.py --out bench_kmeans.json \
+  python benchmarks/bench_kmeans.py --small --out /tmp/bench_kmeans.json
+  python benchmarks/bench_kmeans.py --out bench_kmeans.json \
       --peer /work/shared/bench/sklearn_kmeans_baseline.py --peer-layers 4
   # only write the peer's safetensors data (no JAX needed):
-  python scripts/bench_kmeans.py --write-data DIR --layers 4
+  python benchmarks/bench_kmeans.py --write-data DIR --layers 4
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
+if __package__ in (None, ""):  # run as a file: make the `benchmarks` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from benchmarks import harness  # noqa: E402
 
 
 def random_block(layer: int, seed: int = 0, d: int = 768, D: int = 3072):
@@ -67,18 +70,9 @@ def write_peer_checkpoint(directory, layers, seed, d, D):
 # ----------------------------------------------------------------------------- JAX timing
 
 def _timed(fn, repeats):
-    """(first-call seconds incl. compilation, median of `repeats` later calls, result)."""
-    import jax
-    t0 = time.perf_counter()
-    out = jax.block_until_ready(fn())
-    first = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    med = statistics.median(times) if times else float("nan")
-    return first, med, times, out
+    """(first-call seconds incl. compilation, median of `repeats` later calls, times, result)."""
+    t = harness.time_calls(fn, repeats)
+    return t.first_s, t.median_s, t.times, t.out
 
 
 def _km_summary(r, first, med, times):
@@ -101,7 +95,7 @@ def run_jax(args, sizes):
     opts = dict(n_init=args.n_init, max_iter=args.max_iter, tol=args.tol)
     key = jax.random.key(args.seed)
     res = {}
-    layers = [int(x) for x in args.layers.split(",")]
+    layers = harness.parse_layers(args.layers)
     blocks = {l: random_block(l, args.seed, d, D) for l in layers}
     feats = {l: neuron_features(*blocks[l][:3]) for l in layers}
 
@@ -124,7 +118,7 @@ def run_jax(args, sizes):
         import ntkfuse
         from ntkfuse.compress import neuron_features as nf
         cfg, params, path, _ = ntkfuse.load("minilm")
-        ml = [int(x) for x in args.minilm_layers.split(",")]
+        ml = harness.parse_layers(args.minilm_layers)
         Xm = jnp.stack([nf(params["layers"][l]["mlp"]) for l in ml])
         mopts = dict(n_init=args.minilm_n_init, max_iter=args.minilm_max_iter, tol=args.tol)
         km = args.minilm_k
@@ -139,7 +133,7 @@ def run_jax(args, sizes):
 
 def run_peer(args, sizes, workdir):
     """Run the sklearn peer script in a subprocess on the same data; returns its result.json."""
-    layers = [int(x) for x in args.peer_layers.split(",")]
+    layers = harness.parse_layers(args.peer_layers)
     data = write_peer_checkpoint(Path(workdir) / "data", layers, args.seed, sizes["d"], sizes["D"])
     out = Path(workdir) / "peer_out"
     env = dict(os.environ)
@@ -175,8 +169,7 @@ def compare(jax_res, peer):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--small", action="store_true", help="CPU-sized run: d=32, D=128, k=32; MiniLM n_init=1, "
-                                                         "max_iter=20; 1 repeat")
+    harness.add_small(ap, "CPU-sized run: d=32, D=128, k=32; MiniLM n_init=1, max_iter=20; 1 repeat")
     ap.add_argument("--out", default="bench_kmeans.json")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--layers", default="4,5,6,7,8,9,10,11")
@@ -200,7 +193,7 @@ def main(argv=None):
 
     sizes = {"d": 32, "D": 128, "k": 32} if args.small else {"d": 768, "D": 3072, "k": 768}
     if args.write_data:
-        write_peer_checkpoint(args.write_data, [int(x) for x in args.layers.split(",")], args.seed,
+        write_peer_checkpoint(args.write_data, harness.parse_layers(args.layers), args.seed,
                               sizes["d"], sizes["D"])
         print(f"wrote {args.write_data}/model.safetensors")
         return
@@ -211,16 +204,15 @@ def main(argv=None):
     if args.minilm_max_iter is None:
         args.minilm_max_iter = 20 if args.small else args.max_iter
     if args.peer_layers is None:
-        args.peer_layers = args.layers.split(",")[0]
+        args.peer_layers = str(harness.parse_layers(args.layers)[0])
 
     import jax
     if args.compilation_cache:
         jax.config.update("jax_compilation_cache_dir", args.compilation_cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    dev = jax.devices()[0]
-    result = {"benchmark": "kmeans", "device": {"platform": dev.platform, "kind": dev.device_kind,
-                                                "count": jax.device_count()},
-              "jax": jax.__version__, "small": args.small, "compilation_cache": args.compilation_cache,
+    dev = harness.device()
+    result = {"benchmark": "kmeans", "device": {k: dev[k] for k in ("platform", "kind", "count")},
+              "jax": dev["jax"], "versions": harness.versions(), "small": args.small, "compilation_cache": args.compilation_cache,
               "xla_flags": os.environ.get("XLA_FLAGS", ""), "sizes": sizes, "seed": args.seed,
               "data": "random roberta-base-shaped blocks: layer l from numpy default_rng([seed, l]), "
                       "W1 (D,d), b1 (D,), W2 (d,D), b2 (d,) i.i.d. N(0, 0.02) in that order, float32",
@@ -236,9 +228,7 @@ def main(argv=None):
         result["peer"] = peer
         result["comparison"] = compare(result["jax_results"], peer)
         print("comparison", json.dumps(result["comparison"], indent=1), flush=True)
-    from ntkfuse.files import atomic_write
-    out = Path(args.out)
-    atomic_write(out, json.dumps(result, indent=2))
+    out = harness.write_json(args.out, result, indent=2)
     print(f"wrote {out}")
 
 

@@ -13,20 +13,20 @@ Float32 matmul precision: PyTorch's default does not use TF32 (allow_tf32=False)
 the fair JAX comparison is `jax.default_matmul_precision("highest")`; JAX's "default"
 precision (TF32 on recent NVIDIA GPUs, no effect on CPU) is measured too and labelled.
 
-    python scripts/bench_forward.py --small                  # quick CPU run
-    python scripts/bench_forward.py --out results/bench_forward.json   # full size, GPU
+    python benchmarks/bench_forward.py --small                  # quick CPU run
+    python benchmarks/bench_forward.py --out results/bench_forward.json   # full size, GPU
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: make the `benchmarks` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # leave GPU memory for PyTorch too
 
@@ -35,7 +35,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import ntkfuse  # noqa: E402
-from ntkfuse.files import atomic_write  # noqa: E402
+from benchmarks import harness  # noqa: E402
 
 MODELS = ("roberta", "gpt2")
 DTYPES = ("float32", "bfloat16")
@@ -77,48 +77,27 @@ def make_batch(name: str, cfg: ntkfuse.ModelConfig, batch: int, seq: int, seed: 
     return {"input_ids": ids.astype(np.int32), "attention_mask": np.ones((batch, seq), np.int32)}
 
 
-def time_calls(fn, sync, warmup: int, repeats: int) -> tuple[list[float], float]:
-    """Seconds per call for `repeats` calls after `warmup` calls; also the first call's time."""
-    t0 = time.perf_counter()
-    sync(fn())
-    first = time.perf_counter() - t0
-    for _ in range(max(warmup - 1, 0)):
-        sync(fn())
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        sync(fn())
-        times.append(time.perf_counter() - t0)
-    return times, first
-
-
-def summary(times, tokens, first):
-    med = statistics.median(times)
-    return {"median_s": med, "min_s": min(times), "max_s": max(times), "tokens_per_s": tokens / med,
-            "first_call_s": first, "times_s": times}
-
-
 def bench_jax(cfg, params, batch, precision: str, warmup, repeats):
     dev = jax.devices()[0]
     jb = jax.device_put({k: jnp.asarray(v) for k, v in batch.items()}, dev)
     params = jax.device_put(params, dev)
     with jax.default_matmul_precision(precision):
         fn = jax.jit(lambda p, b: ntkfuse.forward(cfg, p, b).logits)
-        times, first = time_calls(lambda: fn(params, jb), jax.block_until_ready, warmup, repeats)
+        t = harness.time_calls(lambda: fn(params, jb), repeats, warmup=warmup)
         logits = np.asarray(fn(params, jb), np.float32)
-    return summary(times, batch["input_ids"].size, first), logits
+    return t.summary(batch["input_ids"].size), logits
 
 
 def bench_torch(model, batch, dtype: str, device: str, warmup, repeats):
     import torch
     model = model.to(device=device, dtype=torch.bfloat16 if dtype == "bfloat16" else torch.float32)
     tb = {k: torch.from_numpy(v.astype(np.int64)).to(device) for k, v in batch.items()}
-    sync = (lambda _: torch.cuda.synchronize()) if device == "cuda" else (lambda _: None)
+    sync = (lambda _: torch.cuda.synchronize()) if device == "cuda" else harness.no_sync
     with torch.inference_mode():
-        times, first = time_calls(lambda: model(**tb).logits, sync, warmup, repeats)
+        t = harness.time_calls(lambda: model(**tb).logits, repeats, warmup=warmup, sync=sync)
         logits = model(**tb).logits.float().cpu().numpy()
     model.to("cpu", dtype=torch.float32)
-    return summary(times, batch["input_ids"].size, first), logits
+    return t.summary(batch["input_ids"].size), logits
 
 
 def rel(a, b) -> float:
@@ -127,9 +106,8 @@ def rel(a, b) -> float:
 
 def device_info(torch_device: str) -> dict:
     import torch
-    d = jax.devices()[0]
-    return {"jax_backend": jax.default_backend(), "jax_device": getattr(d, "device_kind", str(d)),
-            "jax_version": jax.__version__, "torch_version": torch.__version__, "torch_device": torch_device,
+    d = harness.device()
+    return {"jax_backend": d["platform"], "jax_device": d["kind"], "jax_version": d["jax"], "torch_version": torch.__version__, "torch_device": torch_device,
             "torch_device_name": torch.cuda.get_device_name(0) if torch_device == "cuda" else platform.processor()
             or platform.machine(), "torch_threads": torch.get_num_threads(),
             "torch_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
@@ -138,7 +116,7 @@ def device_info(torch_device: str) -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--small", action="store_true", help="tiny shapes, batch 4 x seq 32: a quick CPU run")
+    harness.add_small(ap, "tiny shapes, batch 4 x seq 32: a quick CPU run")
     ap.add_argument("--models", default=",".join(MODELS), help=f"comma list of {MODELS}")
     ap.add_argument("--dtypes", default=",".join(DTYPES), help=f"comma list of {DTYPES}")
     ap.add_argument("--batch", type=int, default=None, help="default 32 (4 with --small)")
@@ -156,23 +134,18 @@ def main(argv=None):
     import torch
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
-    models = [m for m in args.models.split(",") if m]
-    dtypes = [d for d in args.dtypes.split(",") if d]
-    for m in models:
-        if m not in MODELS:
-            ap.error(f"unknown model {m!r}; choose from {', '.join(MODELS)}")
-    for d in dtypes:
-        if d not in DTYPES:
-            ap.error(f"unknown dtype {d!r}; choose from {', '.join(DTYPES)}")
+    models = harness.check_choices("model", [m for m in args.models.split(",") if m], MODELS)
+    dtypes = harness.check_choices("dtype", [d for d in args.dtypes.split(",") if d], DTYPES)
     batch_size = args.batch or (4 if args.small else 32)
     seq = args.seq or (32 if args.small else 128)
     repeats = args.repeats or (5 if args.small else 20)
     torch_device = "cuda" if torch.cuda.is_available() else "cpu"
     f32_precisions = ["highest", "default"] if args.f32_precision == "both" else [args.f32_precision]
 
-    result = {"script": "scripts/bench_forward.py", "small": args.small, "batch": batch_size, "seq": seq,
+    result = {"script": "benchmarks/bench_forward.py", "small": args.small, "batch": batch_size, "seq": seq,
               "tokens_per_call": batch_size * seq, "warmup": args.warmup, "repeats": repeats,
-              "device": device_info(torch_device), "runs": []}
+              "device": device_info(torch_device), "versions": harness.versions(torch=torch.__version__),
+              "runs": []}
     for name in models:
         with tempfile.TemporaryDirectory(prefix=f"bench_{name}_") as tmp:
             hf_model = build(name, args.small, Path(tmp))
@@ -202,7 +175,7 @@ def main(argv=None):
                           f"(median {j_res['median_s'] * 1e3:.2f} ms, compile+first {j_res['first_call_s']:.1f} s"
                           + (f", rel diff vs torch {j_res['logits_rel_diff_vs_torch']:.1e})"
                              if ref_logits is not None else ")"), flush=True)
-    atomic_write(args.out, json.dumps(result, indent=2))
+    harness.write_json(args.out, result, indent=2)
     print(f"wrote {args.out}")
     return result
 

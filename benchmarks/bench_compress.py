@@ -9,24 +9,24 @@ last compressed layer and at the logits) is measured. Prints the accounting tabl
 (params, non-zeros, MLP FLOPs per token) and writes JSON. `compress_s` is wall time
 including JIT compilation; the second model reuses compilations where shapes agree.
 
-    python scripts/bench_compress.py --out compress.json            # full size (GPU)
-    python scripts/bench_compress.py --small --out compress.json    # CPU, tiny shapes
+    python benchmarks/bench_compress.py --out compress.json            # full size (GPU)
+    python benchmarks/bench_compress.py --small --out compress.json    # CPU, tiny shapes
 """
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import time
+import sys
 from pathlib import Path
 
-import jax
-import numpy as np
+if __package__ in (None, ""):  # run as a file: make the `benchmarks` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import ntkfuse
-from ntkfuse import compress, ntk
-from ntkfuse.compare import parse_layers
-from ntkfuse.files import atomic_write
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+import ntkfuse  # noqa: E402
+from benchmarks import harness  # noqa: E402
+from ntkfuse import compress, ntk  # noqa: E402
 
 
 def shapes(model: str, small: bool) -> ntkfuse.ModelConfig:
@@ -46,7 +46,7 @@ def shapes(model: str, small: bool) -> ntkfuse.ModelConfig:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--small", action="store_true", help="tiny shapes (d=64, D=256 -> 64), fewer restarts/steps")
+    harness.add_small(ap, "tiny shapes (d=64, D=256 -> 64), fewer restarts/steps")
     ap.add_argument("--models", default="roberta,gpt2")
     ap.add_argument("--methods", default=",".join(compress.METHODS))
     ap.add_argument("--layers", default="4-11")
@@ -55,15 +55,13 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
-    layers = list(parse_layers(args.layers))
-    methods = [m for m in args.methods.split(",") if m]
-    unknown = [m for m in methods if m not in compress.METHODS]
-    if unknown:
-        raise SystemExit(f"unknown methods {unknown}; known: {', '.join(compress.METHODS)}")
+    layers = harness.parse_layers(args.layers)
+    methods = harness.check_choices("methods", [m for m in args.methods.split(",") if m], compress.METHODS)
 
-    result = {"script": "scripts/bench_compress.py", "small": args.small, "layers": layers,
-              "device": str(jax.devices()[0].device_kind), "platform": jax.default_backend(),
-              "jax": jax.__version__, "python": platform.python_version(), "models": {}}
+    dev, versions = harness.device(), harness.versions()
+    result = {"script": "benchmarks/bench_compress.py", "small": args.small, "layers": layers,
+              "device": dev["kind"], "platform": dev["platform"], "jax": versions["jax"],
+              "python": versions["python"], "versions": versions, "models": {}}
     for model in args.models.split(","):
         cfg = shapes(model, args.small)
         width = cfg.intermediate // 4
@@ -80,10 +78,10 @@ def main():
                 opts = {"steps": 10}
             elif method == "sketch" and model == "gpt2":
                 opts = {"keep": width // 3 if args.small else 256}
-            t0 = time.perf_counter()
-            new = compress.compress(cfg, params, method, layers, width, jax.random.PRNGKey(args.seed), **opts)
-            jax.block_until_ready(jax.tree_util.tree_leaves(new))
-            t_compress = time.perf_counter() - t0
+            t = harness.time_calls(
+                lambda: compress.compress(cfg, params, method, layers, width, jax.random.PRNGKey(args.seed), **opts),
+                repeats=0)
+            new, t_compress = t.out, t.first_s
             err = ntk.output_error(cfg, params, new, [batch], layer=layers[-1] + 1)
             variants[method] = new
             row = {"method": method, "options": opts, "compress_s": t_compress,
@@ -95,8 +93,7 @@ def main():
         result["models"][model] = {"shape": {"hidden": cfg.hidden, "intermediate": cfg.intermediate,
                                              "width": width, "num_layers": cfg.num_layers},
                                    "methods": rows, "accounting": table}
-    out = Path(args.out)
-    atomic_write(out, json.dumps(result, indent=2, default=str))
+    out = harness.write_json(args.out, result, indent=2, default=str)
     print(f"wrote {out}")
 
 

@@ -29,24 +29,33 @@ def _brute(opts, budget):
     return best
 
 
-@pytest.mark.parametrize("seed", range(25))
-def test_knapsack_optimal_and_greedy_not_better(seed):
+def _random_problem(seed):
     rng = np.random.default_rng(seed)
     opts = _random_instance(rng, int(rng.integers(2, 5)), int(rng.integers(2, 5)))
     lo = sum(min(o.params for o in v) for v in opts.values())
     hi = sum(max(o.params for o in v) for v in opts.values())
-    budget = int(rng.integers(lo, hi + 1))
+    return opts, int(rng.integers(lo, hi + 1))
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_knapsack_optimal_and_greedy_not_better(seed):
+    opts, budget = _random_problem(seed)
     k = knapsack(opts, budget)
     g = greedy(opts, budget)
     assert k.exact
     assert k.params <= budget and g.params <= budget
     assert k.loss == pytest.approx(_brute(opts, budget), abs=1e-12)
     assert k.loss <= g.loss + 1e-12
-    # the reported totals are those of the reported widths
-    for plan in (k, g):
-        chosen = [next(o for o in opts[l] if o.width == w) for l, w in plan.widths.items()]
-        assert plan.params == sum(o.params for o in chosen)
-        assert plan.loss == pytest.approx(sum(o.loss for o in chosen))
+
+
+@pytest.mark.parametrize("solver", [knapsack, greedy])
+@pytest.mark.parametrize("seed", range(25))
+def test_reported_totals_are_those_of_the_reported_widths(seed, solver):
+    opts, budget = _random_problem(seed)
+    plan = solver(opts, budget)
+    chosen = [next(o for o in opts[l] if o.width == w) for l, w in plan.widths.items()]
+    assert plan.params == sum(o.params for o in chosen)
+    assert plan.loss == pytest.approx(sum(o.loss for o in chosen))
 
 
 def test_coarse_grid_stays_feasible():

@@ -13,56 +13,6 @@ import pytest
 from ntkfuse.cli import compare_main
 from ntkfuse.data import load_examples
 
-SPECIALS = {"roberta": ["<s>", "<pad>", "</s>", "<unk>"], "gpt2": ["<|endoftext|>", "<unk>"]}
-
-
-def _tokenizer(family: str, directory: Path) -> int:
-    """A WordLevel tokenizer over the shipped samples' words, saved as PreTrainedTokenizerFast."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-    words = set()
-    pre = pre_tokenizers.Whitespace()
-    for spec in ("sample:sentiment", "sample:webnlg"):
-        for e in load_examples(spec):
-            for text in (e.text, e.target or ""):
-                words.update(w for w, _ in pre.pre_tokenize_str(text.lower()))
-    vocab = {t: i for i, t in enumerate(SPECIALS[family] + sorted(words))}
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tk.normalizer = normalizers.Lowercase()
-    tk.pre_tokenizer = pre
-    if family == "roberta":
-        kw = dict(bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
-    else:
-        kw = dict(bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<unk>")
-    PreTrainedTokenizerFast(tokenizer_object=tk, **kw).save_pretrained(directory)
-    return len(vocab)
-
-
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory):
-    """Tiny RobertaForSequenceClassification and GPT2LMHeadModel (3 layers, d=32, D=64) with tokenizers."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("tiny_compare")
-    out = {}
-    for family in ("roberta", "gpt2"):
-        d = root / family
-        d.mkdir()
-        V = _tokenizer(family, d)
-        if family == "roberta":
-            cfg = transformers.RobertaConfig(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                                             num_attention_heads=4, max_position_embeddings=64, type_vocab_size=1,
-                                             num_labels=2, pad_token_id=1, bos_token_id=0, eos_token_id=2)
-            model = transformers.RobertaForSequenceClassification(cfg)
-        else:
-            cfg = transformers.GPT2Config(vocab_size=V, n_embd=32, n_layer=3, n_head=4, n_positions=64,
-                                          bos_token_id=0, eos_token_id=0)
-            model = transformers.GPT2LMHeadModel(cfg)
-        model.save_pretrained(d)
-        out[family] = d
-    return out
-
 
 def _cli(capsys, *args):
     rc = compare_main([str(a) for a in args] + ["--no-progress"])
@@ -168,7 +118,7 @@ def test_fusion_and_cluster_share_one_kmeans_identical_to_alone(tiny_models, tmp
     # and it is the library's cluster with fusion's key
     import jax
     import ntkfuse
-    from ntkfuse.compare import method_key
+    from ntkfuse.experiments.compare import method_key
     cfg, params, _, _ = ntkfuse.load(str(tiny_models["roberta"]))
     direct = C.compress(cfg, params, "cluster", (1, 2), 16, method_key(0, "fusion"), n_init=1)
     via_fusion = C.compress(cfg, params, "fusion", (1, 2), 16, method_key(0, "fusion"), n_init=1)
@@ -213,7 +163,7 @@ def test_recipe_is_overridden_by_flags(tiny_models, tmp_path, capsys):
 
 def test_shipped_recipes_parse():
     from ntkfuse.cli import load_recipe
-    root = Path(__file__).resolve().parents[1] / "analysis" / "recipes"
+    root = Path(__file__).resolve().parents[2] / "analysis" / "recipes"
     r = load_recipe(root / "roberta_sst2.py")
     assert (r["model"], r["layers"], r["width"], r["data"]) == ("roberta-base", "4-11", 768, "glue/sst2:validation")
     g = load_recipe(root / "gpt2_webnlg.py")
@@ -225,7 +175,7 @@ def test_render_summarises_runs(tiny_models, tmp_path, capsys):
     out = tmp_path / "run"
     assert _cli(capsys, *_tiny_args(tiny_models["roberta"], out, "prune"))[0] == 0
     spec = importlib.util.spec_from_file_location(
-        "render", Path(__file__).resolve().parents[1] / "analysis" / "render.py")
+        "render", Path(__file__).resolve().parents[2] / "analysis" / "render.py")
     render = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(render)
     assert render.main([str(out), str(out), "--out", str(tmp_path / "sum")]) == 0

@@ -39,21 +39,24 @@ fast as the scan row. On the shared 2-core CPU (--small) compute dominates and t
 scan should gain little (<1.3x over block_steps=1).
 Measured results and how they compare with this prediction: docs/surrogates.md.
 
-    python scripts/bench_surrogate.py --small --out bench_surrogate_small.json   # CPU
-    python scripts/bench_surrogate.py --out bench_surrogate.json                  # GPU, full size
+    python benchmarks/bench_surrogate.py --small --out bench_surrogate_small.json   # CPU
+    python benchmarks/bench_surrogate.py --out bench_surrogate.json                  # GPU, full size
 """
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import sys
-import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: make the `benchmarks` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import harness  # noqa: E402
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--small", action="store_true", help="CPU-sized: d=128, D=512, k=128, fewer tokens/steps")
+    harness.add_small(p, "CPU-sized: d=128, D=512, k=128, fewer tokens/steps")
     p.add_argument("--layers", type=int, default=8)
     p.add_argument("--d", type=int, default=None)
     p.add_argument("--D", type=int, default=None)
@@ -76,9 +79,9 @@ def parse_args(argv=None):
     for k, v in (small if a.small else full).items():
         if getattr(a, k) is None:
             setattr(a, k, v)
+    from ntkfuse.validate import check_positive
     for k in ("layers", "d", "D", "width", "tokens", "batch_size", "steps", "repeats"):
-        if getattr(a, k) < 1:
-            p.error(f"--{k.replace('_', '-')} must be >= 1")
+        check_positive(f"--{k.replace('_', '-')}", getattr(a, k), integer=True, error=harness.BenchError)
     if a.batch_size > a.tokens:
         p.error(f"--batch-size {a.batch_size} exceeds --tokens {a.tokens}")
     return a
@@ -106,13 +109,9 @@ def make_problem(a):
 
 
 def _timed(fn, repeats):
-    times, out = [], None
-    for r in range(repeats + 1):      # run 0 is the warm-up (compilation)
-        t0 = time.perf_counter()
-        out = fn()
-        if r:
-            times.append(time.perf_counter() - t0)
-    return times, out
+    """(seconds of `repeats` runs after one warm-up run (compilation), last result); `fn` syncs itself."""
+    t = harness.time_calls(fn, repeats, sync=harness.no_sync)
+    return t.times, t.out
 
 
 def bench_jax(a, X, Y, init, precision, block_steps=256):
@@ -179,10 +178,7 @@ def main(argv=None):
     import torch
     on_gpu = jax.devices()[0].platform == "gpu"
     precisions = (a.precision.split(",") if a.precision else (["highest", "tf32", "bf16"] if on_gpu else ["highest"]))
-    bad = [p for p in precisions if p not in ("highest", "tf32", "bf16")]
-    if bad:
-        print(f"bench_surrogate.py: error: --precision {bad}: valid are highest, tf32, bf16", file=sys.stderr)
-        return 2
+    harness.check_choices("--precision", precisions, ("highest", "tf32", "bf16"))
     if a.torch_threads is not None:
         if a.torch_threads < 1:
             print("bench_surrogate.py: error: --torch-threads must be >= 1", file=sys.stderr)
@@ -198,23 +194,24 @@ def main(argv=None):
     for prec in precisions:
         tj, _ = bench_jax(a, Xd, Yd, init_d, prec)
         tt, dev = bench_torch(a, X, Y, init, prec)
-        mj, mt = statistics.median(tj), statistics.median(tt)
+        mj, mt = harness.Timing(0.0, tj).median_s, harness.Timing(0.0, tt).median_s
         row = {"precision": prec, "ntkfuse_s": tj, "torch_s": tt, "ntkfuse_median_s": mj, "torch_median_s": mt,
-               "ntkfuse_tokens_per_s": tokens / mj, "torch_tokens_per_s": tokens / mt,
+               "ntkfuse_tokens_per_s": harness.rate(tokens, mj), "torch_tokens_per_s": harness.rate(tokens, mt),
                "speedup_ntkfuse_over_torch": mt / mj}
         line = f"{prec:8s} ntkfuse {tokens / mj:12.0f} tok/s   torch {tokens / mt:12.0f} tok/s   ratio {mt / mj:.2f}"
         if not a.no_per_step:
             t1, _ = bench_jax(a, Xd, Yd, init_d, prec, block_steps=1)
-            m1 = statistics.median(t1)
+            m1 = harness.Timing(0.0, t1).median_s
             row.update({"ntkfuse_per_step_s": t1, "ntkfuse_per_step_median_s": m1,
-                        "ntkfuse_per_step_tokens_per_s": tokens / m1, "scan_speedup_over_per_step": m1 / mj})
+                        "ntkfuse_per_step_tokens_per_s": harness.rate(tokens, m1), "scan_speedup_over_per_step": m1 / mj})
             line += f"   (ntkfuse one dispatch/step {tokens / m1:12.0f} tok/s, scan gain {m1 / mj:.2f}x)"
         rows.append(row)
         print(line, flush=True)
     out = {"benchmark": "surrogate fitting throughput", "sizes": {k: getattr(a, k) for k in
            ("layers", "d", "D", "width", "tokens", "batch_size", "steps", "repeats", "lr")},
            "tokens_per_run": tokens, "jax_device": str(jax.devices()[0]), "torch_device": dev,
-           "jax_version": jax.__version__, "torch_version": torch.__version__, "torch_threads": torch.get_num_threads(),
+           "jax_version": jax.__version__, "device": harness.device(),
+           "versions": harness.versions(torch=torch.__version__), "torch_version": torch.__version__, "torch_threads": torch.get_num_threads(),
            "timing": "median wall time of repeats after one warm-up run (compile excluded). Timed: the fit only - "
                      "building/stacking the surrogates from initial weights already on the device, optimizer init, "
                      "all steps, device sync on the result. Collected tokens and initial weights are on the device "
@@ -226,8 +223,7 @@ def main(argv=None):
                                   "compute_dtype='bfloat16'); torch: torch.autocast(bfloat16) around forward+loss"},
            "ntkfuse_block_steps": 256,
            "rows": rows}
-    from ntkfuse.files import atomic_write
-    atomic_write(a.out, json.dumps(out, indent=1))
+    harness.write_json(a.out, out, indent=1)
     return 0
 
 

@@ -1,0 +1,136 @@
+"""What every benchmark needs, written once: timing with warm-up (first call, which
+includes compilation, kept apart; median of the timed calls), rates, device and version
+records, peak device memory where the backend reports it, atomic JSON output, and the
+`--small` switch for CPU-sized runs.
+
+A bench is run as `python benchmarks/bench_<name>.py` (or `python -m benchmarks.bench_<name>`)
+from the repository root.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+
+class BenchError(SystemExit):
+    """Bad benchmark arguments: the message is printed and the process exits with status 1."""
+
+
+def block(x):
+    """Wait for JAX work in `x` to finish (the default `sync` of `time_calls`)."""
+    import jax
+    return jax.block_until_ready(x)
+
+
+def no_sync(x):
+    return x
+
+
+@dataclasses.dataclass
+class Timing:
+    """Seconds of the first call (incl. compilation) and of each timed call; `out` is the
+    last call's result."""
+    first_s: float
+    times: list
+    out: Any = None
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.times) if self.times else float("nan")
+
+    @property
+    def min_s(self) -> float:
+        return min(self.times) if self.times else float("nan")
+
+    def summary(self, count: Optional[float] = None, unit: str = "tokens") -> dict:
+        """{median_s, min_s, max_s, <unit>_per_s (when `count` is given), first_call_s, times_s}."""
+        d = {"median_s": self.median_s, "min_s": self.min_s, "max_s": max(self.times) if self.times else math.nan}
+        if count is not None:
+            d[f"{unit}_per_s"] = rate(count, self.median_s)
+        d.update(first_call_s=self.first_s, times_s=list(self.times))
+        return d
+
+
+def time_calls(fn: Callable[[], Any], repeats: int, *, warmup: int = 1, sync: Callable = block,
+               first: Optional[Callable[[], Any]] = None) -> Timing:
+    """Time `fn`: one first call (timed alone: compilation), `warmup - 1` more untimed calls,
+    then `repeats` timed calls, each ended by `sync` on its result. `first` replaces `fn`
+    for the first call (e.g. the same work also returning a plan); its result is `out`
+    when `repeats` is 0."""
+    t0 = time.perf_counter()
+    out = sync((first or fn)())
+    first_s = time.perf_counter() - t0
+    for _ in range(max(warmup - 1, 0)):
+        sync(fn())
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out_r = sync(fn())
+        times.append(time.perf_counter() - t0)
+        if first is None:
+            out = out_r
+    return Timing(first_s, times, out)
+
+
+def rate(count: float, seconds: float) -> float:
+    """count / seconds (e.g. tokens/s, FLOP/s); NaN when no time was measured."""
+    return count / seconds if seconds and math.isfinite(seconds) and seconds > 0 else float("nan")
+
+
+def device() -> dict:
+    """JAX's device record ({platform, kind, count, jax}: ntkfuse.experiments.describe_device)."""
+    from ntkfuse.experiments.device import describe_device
+    return describe_device()
+
+
+def versions(**extra) -> dict:
+    """{ntkfuse, jax, numpy, python} versions plus `extra` (e.g. torch=torch.__version__)."""
+    from ntkfuse.experiments.records import versions as v
+    return v(**extra)
+
+
+def peak_memory_bytes() -> Optional[int]:
+    """Peak bytes in use on JAX's first device so far (process maximum), where the backend
+    reports it (GPU); None on backends without memory statistics (CPU)."""
+    import jax
+    try:
+        stats = jax.devices()[0].memory_stats() or {}
+    except Exception:  # noqa: BLE001 - a backend without the query
+        return None
+    return stats.get("peak_bytes_in_use")
+
+
+def write_json(path: str | Path, result: dict, indent: int = 2, default: Callable = str) -> Path:
+    """`result` as JSON, written atomically (a reader never sees a partial file)."""
+    from ntkfuse.files import atomic_write
+    atomic_write(path, json.dumps(result, indent=indent, default=default))
+    return Path(path)
+
+
+def add_small(parser: argparse.ArgumentParser, help: str) -> None:
+    """The `--small` flag every bench has: CPU-sized shapes and fewer repeats."""
+    parser.add_argument("--small", action="store_true", help=help)
+
+
+def parse_layers(spec) -> list:
+    """ntkfuse's layer syntax ('2-5', '4,5,6', '1-2,7'), bad input a one-line error."""
+    from ntkfuse.validate import parse_layers as parse
+    return list(parse(spec, error=BenchError))
+
+
+def check_choices(name: str, values, choices) -> list:
+    """Every item of `values` in `choices`, else a one-line error naming the valid ones."""
+    bad = [v for v in values if v not in choices]
+    if bad:
+        raise BenchError(f"unknown {name} {', '.join(map(str, bad))}; valid: {', '.join(map(str, choices))}")
+    return list(values)
+
+
+__all__ = ["BenchError", "Timing", "time_calls", "rate", "device", "versions", "peak_memory_bytes", "write_json",
+           "add_small", "parse_layers", "check_choices", "block", "no_sync"]
