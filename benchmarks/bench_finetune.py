@@ -23,28 +23,32 @@ resident on the device, each step ended by `block_until_ready` (the peer synchro
 Every ntkfuse row runs in a fresh subprocess, so `peak_bytes_in_use` is that row's own;
 the peer resets its peak between its full and compressed rows. GiB = 2**30 on both sides.
 
-Timing and device description are written here (benchmarks/harness.py did not exist
-when this was written). One JSON (--out DIR/result.json): per (model, dtype) the rows of
-both sides, the ratios (speedup = peer median / ntkfuse median; memory = ntkfuse peak /
-peer peak), the compressed-vs-full savings of both, and the issue's targets checked.
+Timing, rates, device/version records, peak memory and the JSON writer are
+`benchmarks.harness`'s. One JSON (--out): per (model, dtype) the rows of both sides, the
+ratios (speedup = peer median / ntkfuse median; memory = ntkfuse peak / peer peak), the
+compressed-vs-full savings of both, and the issue's targets checked (only when the peer
+ran the same shapes, i.e. not with --small).
 
 GPU (one line; the peer script is found at shared/ or ../shared/, else give --peer):
-    python benchmarks/bench_finetune.py --out results/bench_finetune
-CPU smoke test (tiny shapes, no peer, well under a minute):
-    python benchmarks/bench_finetune.py --small --out /tmp/bench_finetune_small
+    python benchmarks/bench_finetune.py --out results/bench_finetune.json
+CPU smoke test (1-layer tiny models, fp32, full and fusion, rows in-process, no peer):
+    python benchmarks/bench_finetune.py --small --out /tmp/bench_finetune_small.json
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import platform
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: make the `benchmarks` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import harness  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PEER_NAME = "bench/torch_finetune_baseline.py"
@@ -55,7 +59,7 @@ KINDS = ("full", "dense", "fusion")
 DTYPES = ("fp32", "bf16")
 TARGETS = {"fp32": 1.3, "bf16": 2.0}        # minimum speedup over the peer, same batch
 GiB = 2 ** 30
-SMALL_LAYERS = 2                             # --small: tiny models of 2 layers, d = 64, D = 256
+SMALL_LAYERS = 1                             # --small: tiny 1-layer models, d = 64, D = 256
 
 
 # ----------------------------------------------------------------------------- one row (subprocess)
@@ -73,7 +77,8 @@ def model_config(model: str, small: bool):
         hf = RobertaConfig(**{"vocab_size": 50265, "max_position_embeddings": 514, "type_vocab_size": 1,
                               "pad_token_id": 1, "num_labels": 2, **size})
     else:
-        size = dict(n_embd=64, n_layer=SMALL_LAYERS, n_head=4, vocab_size=500, n_positions=128) if small else {}
+        size = dict(n_embd=64, n_layer=SMALL_LAYERS, n_head=4, vocab_size=500, n_positions=128, bos_token_id=0,
+                    eos_token_id=0) if small else {}
         hf = GPT2Config(**size)
     return ModelConfig.from_hf_config(hf.to_dict(), name=f"{model}{'-small' if small else ''}")
 
@@ -90,8 +95,6 @@ def make_step(cfg, task_kind: str, tc, total: int, dtype: str):
     if dtype == "fp32":
         tx, step, _ = train.steps(cfg, task_kind, tc, total)
         return tx, step
-    import functools
-
     import jax
     import jax.numpy as jnp
     import optax
@@ -106,7 +109,7 @@ def make_step(cfg, task_kind: str, tc, total: int, dtype: str):
         upd, opt_state = tx.update(g, opt_state, params)
         return optax.apply_updates(params, upd), opt_state, {"loss": val}
 
-    return tx, jax.jit(functools.partial(step), donate_argnums=(0, 1))
+    return tx, jax.jit(step, donate_argnums=(0, 1))
 
 
 def run_row(spec: dict) -> dict:
@@ -141,7 +144,7 @@ def _run_row(spec: dict) -> dict:
     dev = jax.devices()[0]
     params = jax.device_put(params, dev)
     b, t = spec["batch"], spec["seq"]
-    total = spec["warmup"] + spec["steps"]
+    total = max(spec["warmup"], 1) + spec["steps"]    # the first step (compilation) is always untimed
     tc = TrainConfig(lr=2e-5, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.1, warmup=0.06, clip=1.0,
                      batch_size=b, max_length=t)
     tx, step = make_step(cfg, task_kind, tc, total, spec["dtype"])
@@ -156,30 +159,25 @@ def _run_row(spec: dict) -> dict:
     batch = jax.device_put(batch, dev)
     keys = list(jax.random.split(jax.random.PRNGKey(spec["seed"]), total))
     n_params = int(sum(x.size for x in jax.tree_util.tree_leaves(params)))
-    times = []
-    for i in range(total):
-        s = time.perf_counter()
-        params, opt_state, m = step(params, opt_state, batch, keys[i])
-        jax.block_until_ready((params, opt_state, m))
-        times.append(time.perf_counter() - s)
-    med = statistics.median(times[spec["warmup"]:])
-    stats = dev.memory_stats() or {}
-    peak = stats.get("peak_bytes_in_use")
+    state = {"params": params, "opt": opt_state, "i": 0}
+    del params, opt_state            # donated at the first step: only `state` holds them
+
+    def one_step():
+        state["params"], state["opt"], m = step(state["params"], state["opt"], batch, keys[state["i"]])
+        state["i"] += 1
+        return state["params"], state["opt"], m
+
+    timing = harness.time_calls(one_step, spec["steps"], warmup=max(spec["warmup"], 1))
+    peak = harness.peak_memory_bytes()
     return {"model": spec["model"], "dtype": spec["dtype"], "kind": spec["kind"],
             "width": "full" if spec["kind"] == "full" else spec["width"], "mlp_kinds": kinds,
-            "trainable_params": n_params, "median_step_s": med, "tokens_per_s": b * t / med,
-            "first_step_s": times[0], "times_s": times[spec["warmup"]:], "final_loss": float(m["loss"]),
+            "trainable_params": n_params, "median_step_s": timing.median_s,
+            "tokens_per_s": harness.rate(b * t, timing.median_s), "first_step_s": timing.first_s,
+            "times_s": timing.times, "final_loss": float(timing.out[2]["loss"]),
             "peak_mem_gb": None if peak is None else peak / GiB, "build_s": build_s}
 
 
 # ----------------------------------------------------------------------------- driver
-
-
-def device_info() -> dict:
-    import jax
-    d = jax.devices()[0]
-    return {"platform": d.platform, "device_kind": d.device_kind, "jax": jax.__version__,
-            "host": platform.node(), "cpu_count": os.cpu_count(), "python": platform.python_version()}
 
 
 def _subprocess_row(spec: dict) -> dict:
@@ -187,7 +185,7 @@ def _subprocess_row(spec: dict) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     res = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if res.returncode:
-        raise SystemExit(f"row {spec['model']}/{spec['dtype']}/{spec['kind']} failed:\n{res.stderr[-3000:]}")
+        raise harness.BenchError(f"row {spec['model']}/{spec['dtype']}/{spec['kind']} failed:\n{res.stderr[-3000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
@@ -199,7 +197,7 @@ def run_peer(peer: Path, args, model: str, dtype: str, batch: int, workdir: Path
     print("peer:", " ".join(cmd), flush=True)
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode:
-        raise SystemExit(f"peer failed ({' '.join(cmd)}):\n{res.stderr[-3000:]}")
+        raise harness.BenchError(f"peer failed ({' '.join(cmd)}):\n{res.stderr[-3000:]}")
     return json.loads((out / "result.json").read_text())
 
 
@@ -207,8 +205,9 @@ def _ratio(a, b):
     return None if a is None or b is None or b == 0 else a / b
 
 
-def compare(ours: dict, peer: dict | None, dtype: str) -> dict:
-    """Speedup, memory ratio and compressed-vs-full savings of one (model, dtype)."""
+def compare(ours: dict, peer: dict | None, dtype: str, comparable: bool) -> dict:
+    """Speedup, memory ratio and compressed-vs-full savings of one (model, dtype); the
+    targets only when the peer ran the same shapes (`comparable`)."""
     def saving(full, comp, key):
         return None if full.get(key) is None or comp.get(key) is None else 1 - comp[key] / full[key]
 
@@ -233,7 +232,7 @@ def compare(ours: dict, peer: dict | None, dtype: str) -> dict:
             for what in ("time", "memory"):
                 a, b = out["ntkfuse_saving"][k][what], out["peer_saving"][what]
                 checks[f"{k}: {what} saving >= peer's"] = None if a is None or b is None else a >= b
-    out["targets_met"] = checks
+    out["targets_met"] = checks if comparable else "not checked: the peer ran other model shapes (--small)"
     return out
 
 
@@ -243,12 +242,12 @@ def find_peer(arg: str | None, small: bool) -> Path | None:
     if arg is not None:
         p = Path(arg)
         if not p.is_file():
-            raise SystemExit(f"--peer {arg}: no such file")
+            raise harness.BenchError(f"--peer {arg}: no such file")
         return p
     for p in PEER_CANDIDATES:
         if p.is_file():
             return p
-    raise SystemExit(f"peer script not found at {' or '.join(map(str, PEER_CANDIDATES))}; give --peer PATH "
+    raise harness.BenchError(f"peer script not found at {' or '.join(map(str, PEER_CANDIDATES))}; give --peer PATH "
                      "(or --peer none)")
 
 
@@ -261,7 +260,7 @@ def main(argv=None):
                                                   "with --small)")
     ap.add_argument("--batch", type=int, default=None, help="default: 32 roberta, 8 gpt2 (2 with --small)")
     ap.add_argument("--seq", type=int, default=None, help="default 128 (16 with --small)")
-    ap.add_argument("--layers", default=None, help="compressed layers, default 4-11 (1 with --small)")
+    ap.add_argument("--layers", default=None, help="compressed layers, default 4-11 (0 with --small)")
     ap.add_argument("--width", type=int, default=None, help="compressed MLP width, default 768 (32 with --small)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps (compilation), default 5 (1 --small)")
     ap.add_argument("--steps", type=int, default=None, help="timed steps, default 20 (3 --small)")
@@ -269,21 +268,19 @@ def main(argv=None):
     ap.add_argument("--scan", action="store_true", help="run the layer stack as lax.scan (cfg.scan_layers)")
     ap.add_argument("--peer", default=None, help="path of torch_finetune_baseline.py, or 'none' "
                                                  "(default: found under shared/; none with --small)")
-    ap.add_argument("--small", action="store_true", help="tiny shapes for a CPU smoke test")
-    ap.add_argument("--out", required=False, help="output directory (result.json)")
+    harness.add_small(ap, "CPU smoke test: 1-layer tiny models, batch 2 x 16, fp32, full and fusion, "
+                          "rows in-process, no peer unless --peer is given")
+    ap.add_argument("--out", default="bench_finetune.json", help="result JSON file")
     ap.add_argument("--row", help=argparse.SUPPRESS)   # internal: run one row, print its JSON
     args = ap.parse_args(argv)
     if args.row:
         print(json.dumps(run_row(json.loads(args.row))))
         return None
 
-    from ntkfuse.files import atomic_write
-    from ntkfuse.validate import check_choice, check_layers, check_positive, check_width, parse_layers
-    err = SystemExit
-    if not args.out:
-        ap.error("--out is required")
+    from ntkfuse.validate import check_layers, check_positive, check_width
+    err = harness.BenchError
     small = args.small
-    defaults = dict(seq=16 if small else 128, layers="1" if small else "4-11", width=32 if small else 768,
+    defaults = dict(seq=16 if small else 128, layers="0" if small else "4-11", width=32 if small else 768,
                     warmup=1 if small else 5, steps=3 if small else 20, dtypes="fp32" if small else ",".join(DTYPES),
                     kinds="full,fusion" if small else ",".join(KINDS))
     for k, v in defaults.items():
@@ -293,25 +290,30 @@ def main(argv=None):
     dtypes = [d for d in args.dtypes.split(",") if d]
     kinds = [k for k in args.kinds.split(",") if k]
     for name, values, known in (("model", models, MODELS), ("dtype", dtypes, DTYPES), ("kind", kinds, KINDS)):
-        for v in values:
-            check_choice(name, v, known, error=err)
+        harness.check_choices(name, values, known)
     if "full" not in kinds:
         kinds.insert(0, "full")   # savings are relative to the full model
     for name in ("seq", "width", "steps"):
         check_positive(name, getattr(args, name), integer=True, error=err)
     check_positive("warmup", args.warmup, integer=True, allow_zero=True, error=err)
-    layers = check_layers(parse_layers(args.layers, error=err), SMALL_LAYERS if small else 12, error=err)
+    layers = check_layers(harness.parse_layers(args.layers), SMALL_LAYERS if small else 12, error=err)
     check_width(args.width, 256 if small else 3072, error=err)   # both models: D = 4d
     peer = find_peer(args.peer, small)
-    out_dir = Path(args.out)
+    comparable = peer is not None and not small
+    if args.scan:
+        import dataclasses
 
-    result = {"benchmark": "finetune", "small": small, "device": device_info(),
+        from ntkfuse.models import ModelConfig
+        if "scan_layers" not in {f.name for f in dataclasses.fields(ModelConfig)}:
+            raise err("--scan needs ModelConfig.scan_layers (the layer stack of issue 9)")
+
+    result = {"benchmark": "finetune", "small": small, "device": harness.device(), "versions": harness.versions(),
               "settings": {"seq": args.seq, "layers": layers, "width": args.width, "warmup": args.warmup,
                            "steps": args.steps, "seed": args.seed, "scan_layers": args.scan,
                            "peer": None if peer is None else str(peer),
                            "bf16": "fp32 master params cast to bfloat16 inside the jitted step",
                            "fp32": "jax_default_matmul_precision=highest (no TF32)"},
-              "comparable_with_peer": peer is not None and not small, "results": []}
+              "comparable_with_peer": comparable, "results": []}
     with tempfile.TemporaryDirectory() as tmp:
         for model in models:
             batch = args.batch or (2 if small else BATCH[model])
@@ -329,11 +331,11 @@ def main(argv=None):
                           f"{r['tokens_per_s']:.0f} tok/s, peak {mem}", flush=True)
                 peer_res = run_peer(peer, args, model, dtype, batch, Path(tmp)) if peer else None
                 entry = {"model": model, "dtype": dtype, "batch": batch, "seq": args.seq, "ntkfuse": ours,
-                         "peer": peer_res, **compare(ours, peer_res, dtype)}
+                         "peer": peer_res, **compare(ours, peer_res, dtype, comparable)}
                 result["results"].append(entry)
-                atomic_write(out_dir / "result.json", json.dumps(result, indent=1))
+                harness.write_json(args.out, result, indent=1)   # after every (model, dtype): partial results survive
     print(json.dumps([{k: e[k] for k in e if k not in ("ntkfuse", "peer")} for e in result["results"]], indent=1))
-    print(f"wrote {out_dir / 'result.json'}")
+    print(f"wrote {args.out}")
     return result
 
 
