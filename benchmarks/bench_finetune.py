@@ -148,7 +148,9 @@ def _run_row(spec: dict) -> dict:
     tc = TrainConfig(lr=2e-5, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.1, warmup=0.06, clip=1.0,
                      batch_size=b, max_length=t)
     tx, step = make_step(cfg, task_kind, tc, total, spec["dtype"])
-    opt_state = tx.init(params)
+    # Committed to the device like the step's outputs: an uncommitted leaf (optax's step count)
+    # would make the second call compile again.
+    opt_state = jax.device_put(tx.init(params), dev)
     rng = np.random.default_rng(spec["seed"])
     batch = {"input_ids": rng.integers(3, cfg.vocab_size, (b, t)).astype(np.int32),
              "attention_mask": np.ones((b, t), np.int32), "weight": np.ones((b,), np.float32)}
@@ -157,7 +159,7 @@ def _run_row(spec: dict) -> dict:
     else:
         batch["labels"] = rng.integers(0, 2, (b,)).astype(np.int32)
     batch = jax.device_put(batch, dev)
-    keys = list(jax.random.split(jax.random.PRNGKey(spec["seed"]), total))
+    keys = list(jax.device_put(jax.random.split(jax.random.PRNGKey(spec["seed"]), total), dev))
     n_params = int(sum(x.size for x in jax.tree_util.tree_leaves(params)))
     state = {"params": params, "opt": opt_state, "i": 0}
     del params, opt_state            # donated at the first step: only `state` holds them
