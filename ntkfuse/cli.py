@@ -238,5 +238,138 @@ def fit_surrogates_main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
+FINETUNE_HELP = """Fine-tune the full model and each compressed model on one task and write a table
+(method x dev metric, params, best epoch, peak memory, time) as CSV/JSON/markdown plus plots.
+
+With no arguments: the embedded MiniLM on the shipped sentiment sample (20 % held out as
+dev), full model and fusion/prune/sketch on layers 2-5 at width 384, 3 epochs (CPU, minutes).
+Tasks: glue/<cola|sst2|mrpc|stsb|qqp|mnli|qnli|rte|wnli> and webnlg (HF datasets, needs the hub),
+sample:sentiment, sample:webnlg, or classification|regression|generation with --train FILE
+[--dev FILE]. An interrupted run resumes: rerun the same command. See docs/finetune.md."""
+
+_FT_LISTS = ("methods", "lrs", "seeds")
+
+
+def _finetune_parser() -> argparse.ArgumentParser:
+    from .experiments.finetune import FinetuneRunConfig
+    d = FinetuneRunConfig()
+    p = argparse.ArgumentParser(prog="finetune.py", description=FINETUNE_HELP,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = p.add_argument
+    a("--recipe", help="a Python file whose get_config() returns a dict of settings; flags override it")
+    a("--model", help="'minilm' (default, embedded), a local HF checkpoint directory, or a hub id")
+    a("--task", help=f"task (default {d.task})")
+    a("--train", help="training data: a .tsv/.csv/.jsonl file, sample:NAME or a HF id 'name[/config][:split]'")
+    a("--dev", help="dev data (default: the task's dev split, else --dev-fraction of the training data)")
+    a("--dev-fraction", type=float, help=f"held-out fraction when there is no dev split (default {d.dev_fraction})")
+    a("--n-train", type=int, help="use the first N training examples")
+    a("--n-dev", type=int, help="use the first N dev examples")
+    a("--methods", help=f"comma list of compression methods besides the full model (default "
+                        f"{','.join(d.methods)}; 'full' alone: only the full model)")
+    a("--layers", help="layers to compress: '2-5' or '4,5,6' (default: the last two thirds)")
+    a("--width", type=int, help="compressed MLP width k (default: D/4)")
+    a("--lrs", help=f"learning-rate grid, comma list (default {','.join(map(str, d.lrs))}; the paper: "
+                    "1e-5,2e-5,4e-5,6e-5,8e-5)")
+    a("--seeds", help="comma list of seeds (default 0)")
+    a("--epochs", type=int, help=f"epochs (default {d.epochs}; the paper: 10)")
+    a("--batch-size", type=int, help=f"batch size (default {d.batch_size}; the paper: 32 GLUE, 8 WebNLG)")
+    a("--max-length", type=int, help=f"max tokens per example (default {d.max_length})")
+    a("--weight-decay", type=float, help=f"AdamW weight decay (default {d.weight_decay})")
+    a("--warmup", type=float, help=f"warm-up fraction of the steps (default {d.warmup})")
+    a("--clip", type=float, help="gradient-norm clipping (default 1.0 for generation, off otherwise)")
+    a("--tune-epochs", type=int, help="layer-wise task tuning epochs of the compressed MLPs first (paper: 1)")
+    a("--n-init", type=int, help=f"k-means restarts for fusion/cluster (default {d.n_init}; reference 30)")
+    a("--option", action="append", metavar="METHOD.KEY=VALUE", help="a method option, repeatable")
+    a("--no-generate", action="store_true", help="generation tasks: dev loss only, no greedy decoding")
+    a("--out", help="output directory (default results/finetune/<model>-<task>-<config hash>)")
+    a("--fresh", action="store_true", help="recompute everything, overwriting --out")
+    a("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def _finetune_config(args):
+    from .experiments.finetune import FinetuneRunConfig
+    from .finetune import FinetuneError
+    import dataclasses as dc
+    settings = {}
+    if args.recipe:
+        p = Path(args.recipe)
+        if not p.is_file():
+            raise FinetuneError(f"recipe not found: {p}")
+        spec = importlib.util.spec_from_file_location(f"_ntkfuse_recipe_{p.stem}", p)
+        mod = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(mod)
+            settings = dict(mod.get_config())
+        except Exception as e:
+            raise FinetuneError(f"recipe {p}: cannot be used ({type(e).__name__}: {e})") from None
+    known = {f.name for f in dc.fields(FinetuneRunConfig)} | {"out"}
+    bad = sorted(set(settings) - known)
+    if bad:
+        raise FinetuneError(f"recipe {args.recipe}: unknown settings {', '.join(bad)}; "
+                            f"known: {', '.join(sorted(known))}")
+    for f in known - {"out", "method_options", "generate"}:
+        v = getattr(args, f, None)
+        if v is not None:
+            settings[f] = v
+    if args.no_generate:
+        settings["generate"] = False
+    out = args.out or settings.pop("out", None)
+    settings.pop("out", None)
+    for f in _FT_LISTS:
+        if isinstance(settings.get(f), str):
+            settings[f] = tuple(s.strip() for s in settings[f].split(",") if s.strip())
+    if "lrs" in settings:
+        try:
+            settings["lrs"] = tuple(float(x) for x in settings["lrs"])
+        except ValueError:
+            raise FinetuneError(f"cannot parse the learning rates {settings['lrs']!r}: use e.g. 1e-5,2e-5") from None
+    if "seeds" in settings:
+        try:
+            settings["seeds"] = tuple(int(x) for x in settings["seeds"])
+        except ValueError:
+            raise FinetuneError(f"cannot parse the seeds {settings['seeds']!r}: use e.g. 0,1,2") from None
+    if args.option:
+        opts = {k: dict(v) for k, v in dict(settings.get("method_options", {})).items()}
+        for spec in args.option:
+            method, key, value = _parse_option(spec)
+            opts.setdefault(method, {})[key] = value
+        settings["method_options"] = opts
+    return FinetuneRunConfig(**settings), out
+
+
+def finetune_main(argv: Optional[Sequence[str]] = None) -> int:
+    """`python scripts/finetune.py`: bad input -> one line on stderr, exit status 2."""
+    args = _finetune_parser().parse_args(argv)
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    from .experiments import finetune as F
+    from .experiments.device import describe_device
+    t0 = time.perf_counter()
+    out = None
+    try:
+        config, out = _finetune_config(args)
+        plan = F.prepare(config)
+        out = Path(out) if out else F.default_out_dir(plan)
+        dev = describe_device()
+        log(f"finetune: {config.model} on {plan.task.name} ({len(plan.train)} train / {len(plan.dev)} dev), "
+            f"methods {', '.join(plan.methods)}, layers {','.join(map(str, plan.layers))} -> {plan.width}, "
+            f"device {dev['platform']} ({dev['kind']}); results in {out}")
+        result = F.run(plan, out, progress=not args.no_progress, fresh=args.fresh, log=log)
+        files = F.write_reports(result, out)
+    except KeyboardInterrupt:
+        print(f"finetune.py: interrupted; finished runs (and the running one's last epoch) are saved in {out}: "
+              "rerun the same command to resume", file=sys.stderr)
+        return 130
+    except ValueError as e:   # FinetuneError, DataError, CheckpointError, CompressionError: one line
+        print(f"finetune.py: error: {e}", file=sys.stderr)
+        return 2
+    head, cells = F.table_rows(result)
+    from .experiments.reports import text_table
+    print(text_table(head, [[str(c) for c in r] for r in cells]))
+    print(f"\n{F.describe(result)}\nwall time {time.perf_counter() - t0:.1f} s; wrote "
+          + ", ".join(str(f) for f in files.values()))
+    return 0
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(compare_main())

@@ -48,7 +48,7 @@ class Task:
 GLUE = {
     "cola": (2, "matthews", "validation"), "sst2": (2, "accuracy", "validation"),
     "mrpc": (2, "f1", "validation"), "stsb": (1, "pearson", "validation"),
-    "qqp": (2, "accuracy", "validation"), "mnli": (3, "accuracy", "validation_matched"),
+    "qqp": (2, "f1", "validation"), "mnli": (3, "accuracy", "validation_matched"),
     "qnli": (2, "accuracy", "validation"), "rte": (2, "accuracy", "validation"),
     "wnli": (2, "accuracy", "validation"),
 }

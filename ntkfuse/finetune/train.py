@@ -191,8 +191,12 @@ def task_metrics(task: Task, outputs: dict, dev: dict, tok=None, generations=Non
     if task.kind == "generation":
         m = {"loss": float(outputs["nll"].sum() / max(outputs["tokens"].sum(), 1.0))}
         if generations is not None:
-            from .metrics import generation_metrics
-            m.update(generation_metrics(*generations))
+            try:
+                from .metrics import generation_metrics
+            except ImportError:  # metrics module not installed yet: dev loss only
+                return m
+            m.update({k: float(v) for k, v in generation_metrics(*generations).items()
+                      if isinstance(v, (int, float, np.floating))})
         return m
     if task.kind == "regression":
         preds, refs = outputs["pred"], dev["labels"]
@@ -204,7 +208,9 @@ def task_metrics(task: Task, outputs: dict, dev: dict, tok=None, generations=Non
         if task.kind != "classification":
             raise FinetuneError(f"{task.kind} metrics need ntkfuse.finetune.metrics") from None
         return {"accuracy": float(np.mean(preds == refs))}
-    return {k: float(v) for k, v in compute_metrics(task.kind, preds, refs).items()}
+    # a GLUE task scores its own metric set (f1 for MRPC/QQP, matthews for CoLA); else the kind's
+    which = task.name if task.name.startswith("glue/") else task.kind
+    return {k: float(v) for k, v in compute_metrics(which, preds, refs).items()}
 
 
 def _better(task: Task, a: float, b: Optional[float]) -> bool:
