@@ -55,7 +55,8 @@ def test_cached_logits_equal_full_forward(models, kind, padding):
     logits = np.asarray(jit_forward(CFG, params, full).logits)
     for i, L in enumerate(LENGTHS):
         ref = logits[i, L - 1:L - 1 + n]
-        np.testing.assert_allclose(np.asarray(gen.logits[i]), ref, rtol=1e-5, atol=1e-6)
+        # rtol 1e-5, and the same relative bound on the row's scale for logits near zero
+        np.testing.assert_allclose(np.asarray(gen.logits[i]), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
         np.testing.assert_array_equal(np.asarray(gen.tokens[i]), ref.argmax(-1))
 
 
