@@ -72,8 +72,8 @@ def _sp(name: str) -> Callable:
     return score
 
 
-METRICS = {"accuracy": _sk("accuracy"), "f1": _sk("f1"), "f1_macro": _sk("f1_macro"), "matthews": _sk("matthews"),
-           "pearson": _sp("pearson"), "spearman": _sp("spearman")}
+METRICS = {"accuracy": _sk("accuracy"), "f1": _sk("f1"), "f1_macro": _sk("f1_macro"),
+           "matthews": _sk("matthews"), "pearson": _sp("pearson"), "spearman": _sp("spearman")}
 _REGRESSION = ("pearson", "spearman")
 
 
@@ -90,7 +90,8 @@ def _task(task: str) -> GlueTask:
 
 
 def main_metric(task: str) -> str:
-    """The metric a GLUE task ("cola" or "glue/cola") is ranked by (f1 for mrpc/qqp, matthews for cola, pearson for stsb)."""
+    """The metric a GLUE task ("cola" or "glue/cola") is ranked by: f1 for mrpc/qqp, matthews
+    for cola, pearson for stsb, accuracy otherwise."""
     return _task(task).main_metric
 
 

@@ -98,7 +98,8 @@ def test_matches_hf_generate(gpt2_pair, stop):
     # HF reference with an EOS id the model never emits when we mean "no EOS".
     hf_eos = eos if eos is not None else int(np.setdiff1d(np.arange(loaded.cfg.vocab_size), ours)[0])
     for i, L in enumerate(LENGTHS):  # each row alone, unpadded
-        ref = _hf_generate(model, batch["input_ids"][i:i + 1, :L], batch["attention_mask"][i:i + 1, :L], n, hf_eos, 0)[0]
+        ids, mask = batch["input_ids"][i:i + 1, :L], batch["attention_mask"][i:i + 1, :L]
+        ref = _hf_generate(model, ids, mask, n, hf_eos, 0)[0]
         np.testing.assert_array_equal(ours[i, :len(ref)], ref)
         assert np.all(ours[i, len(ref):] == 0)
     # HF's batched generation needs left padding; ours (right-padded) must equal it too.
