@@ -229,7 +229,7 @@ def load_hf(spec: str, label_type: str = "class", record=None) -> list[Example]:
     try:
         import datasets
     except ImportError:
-        raise DataError(f"--data {spec!r} is a Hugging Face dataset, which needs the `datasets` package "
+        raise DataError(f"data {spec!r} is a Hugging Face dataset, which needs the `datasets` package "
                         "(pip install datasets); or pass a local .tsv/.csv/.jsonl file or "
                         f"{', '.join('sample:' + s for s in SAMPLES)}") from None
     try:

@@ -230,6 +230,8 @@ def run_row(plan: Plan, method: str, lr: float, seed: int, params, compress_s: f
     from ..compress import param_count
     tc = plan.train_config(lr, seed)
     tuned = method != FULL and tc.tune_epochs > 0
+    from ..finetune import peak_memory
+    before = peak_memory()
     r = finetune(plan.cfg, params, plan.tok, plan.train, plan.dev, plan.task, tc,
                  teacher=plan.params if tuned else None, layers=plan.layers if tuned else (),
                  ckpt_dir=ckpt_dir, tag=row_tag(plan, method, lr, seed), progress=progress, log=log)
@@ -241,6 +243,10 @@ def run_row(plan: Plan, method: str, lr: float, seed: int, params, compress_s: f
         "metric": plan.task.metric, "value": r["best"][plan.task.metric], "best_epoch": r["best_epoch"],
         "best": {k: v for k, v in r["best"].items() if k not in ("epoch", "epoch_s")},
         "history": r["history"], "steps": r["steps"], "peak_memory_bytes": r["peak_memory_bytes"],
+        # JAX's peak is the process's high-water mark and cannot be reset: it is this row's own
+        # peak only when the row raised it; otherwise the row stayed at or below it
+        "peak_memory_own": r["peak_memory_bytes"] is not None and (before is None
+                                                                   or r["peak_memory_bytes"] > before),
         # process-wide high-water mark (includes every earlier row): a bound, not this row's own
         "process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "train_s": r["train_s"], "time_s": r["time_s"] + compress_s, "compress_s": compress_s,
@@ -302,12 +308,14 @@ def summary(task: Task, rows: list) -> list:
         vals = [r["value"] for r in rs]
         metrics = sorted({k for r in rs for k in r["best"] if k != "train_loss"})
         mem = [r["peak_memory_bytes"] for r in rs if r["peak_memory_bytes"] is not None]
+        own = all(r.get("peak_memory_own", True) for r in rs)
         out.append({
             "method": method, "params": rs[0]["params"], "mlp_params": rs[0]["mlp_params"], "lr": pick,
             "metric": task.metric, "value": float(np.mean(vals)), "std": float(np.std(vals)) if len(vals) > 1 else None,
             **{f"dev_{k}": float(np.mean([r["best"][k] for r in rs])) for k in metrics},
             "best_epoch": ",".join(str(r["best_epoch"]) for r in rs), "n_seeds": len(rs),
             "peak_memory_gb": max(mem) / 2**30 if mem else None,
+            "peak_memory_upper_bound": bool(mem) and not own,
             "train_s": float(np.mean([r["train_s"] for r in rs])), "time_s": float(np.mean([r["time_s"] for r in rs])),
         })
     return out
@@ -335,7 +343,8 @@ def table_rows(result: dict) -> tuple[list, list]:
             if m == main and r.get("std") is not None:
                 txt += f" ± {r['std']:.4f}"
             vals.append(txt)
-        mem = f"{r['peak_memory_gb']:.2f} GB" if r["peak_memory_gb"] is not None else "n/a"
+        mem = "n/a" if r["peak_memory_gb"] is None else \
+            f"{'≤ ' if r.get('peak_memory_upper_bound') else ''}{r['peak_memory_gb']:.2f} GB"
         cells.append([r["method"], p] + vals + [f"{r['lr']:g}", r["best_epoch"], mem, f"{r['train_s']:.1f}",
                                                    f"{r['time_s']:.1f}"])
     return head, cells
@@ -344,7 +353,9 @@ def table_rows(result: dict) -> tuple[list, list]:
 def describe(result: dict) -> str:
     c, d = result["config"], result["device"]
     mc = c["model_config"]
-    mem = ("peak device memory from JAX's memory stats" if d["platform"] != "cpu" else
+    mem = ("peak device memory from JAX's memory stats, a process-wide high-water mark: '≤' marks a run "
+           "that stayed below an earlier run's peak (benchmarks/ measures runs in isolation)"
+           if d["platform"] != "cpu" else
            "peak memory n/a on CPU (JAX reports no device memory stats; results.json has the process's peak RSS)")
     return (f"model {c['model']} ({mc['family']}, {mc['num_layers']} layers, d={mc['hidden']}, "
             f"D={mc['intermediate']}); "

@@ -106,3 +106,23 @@ def test_cli_bad_input_is_one_line_exit_2(capsys, argv, match):
     assert finetune_main(argv + ["--no-progress", "--out", "/nonexistent/never"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("finetune.py: error: ") and re.search(match, err[0])
+
+
+def test_summary_picks_best_lr_and_marks_inherited_memory_peaks():
+    from ntkfuse.finetune import get_task
+
+    def row(method, lr, seed, value, peak, own):
+        return dict(method=method, lr=lr, seed=seed, value=value, best={"accuracy": value}, params=10,
+                    mlp_params=5, best_epoch=1, peak_memory_bytes=peak, peak_memory_own=own, train_s=1.0,
+                    time_s=2.0)
+    rows = [row("full", 1e-4, 0, 0.9, 3 * 2**30, True), row("full", 1e-4, 1, 0.8, 3 * 2**30, False),
+            row("full", 3e-4, 0, 0.95, 3 * 2**30, False), row("full", 3e-4, 1, 0.6, 3 * 2**30, False),
+            row("fusion", 1e-4, 0, 0.7, 2 * 2**30, False)]
+    s = F.summary(get_task("sample:sentiment"), rows)
+    assert s[0]["lr"] == 1e-4 and s[0]["value"] == pytest.approx(0.85) and s[0]["std"] == pytest.approx(0.05)
+    head, cells = F.table_rows({"summary": s, "config": {"metric": "accuracy"}})
+    mem = head.index("peak memory")
+    assert cells[0][mem] == "≤ 3.00 GB" and cells[1][mem] == "≤ 2.00 GB"   # a seed stayed below an earlier peak
+    assert cells[0][head.index("dev accuracy")] == "0.8500 ± 0.0500"
+    s = F.summary(get_task("sample:sentiment"), rows[:1])
+    assert F.table_rows({"summary": s, "config": {"metric": "accuracy"}})[1][0][mem] == "3.00 GB"
