@@ -12,12 +12,7 @@ from typing import Mapping, Sequence
 import jax
 import numpy as np
 
-from ..models import DenseMLP, FusedMLP, LinearMLP, LowRankLinearMLP, LowRankMLP
-from ..models.mlp import count_params, is_mlp
-
-
-def _n(a):
-    return 0 if a is None else int(np.prod(a.shape))
+from ..models.blocks import count_params, is_mlp
 
 
 def param_count(obj, layers: Sequence[int] | None = None) -> int:
@@ -37,21 +32,9 @@ def nonzero_params(obj, layers: Sequence[int] | None = None) -> int:
 
 def mlp_flops_per_token(block) -> int:
     """FLOPs for one token through `block` (see the module docstring for the convention)."""
-    if isinstance(block, (DenseMLP, FusedMLP)):
-        k, d = block.w1.shape
-        d_out = block.w2.shape[0]
-        f = 2 * k * d + 2 * d_out * k + _n(block.b1) + _n(block.b2) + k
-        return f + (k if isinstance(block, FusedMLP) else 0)
-    if isinstance(block, LowRankMLP):
-        D, t = block.u1.shape
-        d = block.v1.shape[1]
-        d_out = block.u2.shape[0]
-        return 2 * (t * d + D * t) + 2 * (t * D + d_out * t) + _n(block.b1) + _n(block.b2) + D
-    if isinstance(block, LinearMLP):
-        return 2 * block.w.size + _n(block.b)
-    if isinstance(block, LowRankLinearMLP):
-        return 2 * (block.u.size + block.v.size) + _n(block.b)
-    raise TypeError(f"not an MLP block: {type(block).__name__}")
+    if not is_mlp(block):
+        raise TypeError(f"not an MLP block: {type(block).__name__}")
+    return block.flops_per_token()
 
 
 def compression_rows(variants: Mapping[str, dict], layers: Sequence[int]) -> list[dict]:

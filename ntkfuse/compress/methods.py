@@ -14,26 +14,99 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..models import DenseMLP, FusedMLP, LowRankMLP, replace_mlps
-from ..models.mlp import activation_fn
+from ..models import replace_mlps
+from ..models.blocks import DenseMLP, FusedMLP, LowRankMLP, activation_fn
+from ..validate import check_layers, check_options, check_width, keyword_defaults
 from .kmeans import _kmeans_batched, _kmeans_layer
 
 METHODS = ("fusion", "cluster", "sketch", "prune", "magnitude", "svd", "mmd")
 
-KMEANS_OPTIONS = {"n_init": 30, "max_iter": 300, "tol": 1e-4}
-OPTIONS = {
-    "fusion": dict(KMEANS_OPTIONS),
-    "cluster": dict(KMEANS_OPTIONS),
-    "sketch": {"keep": 0},
-    "prune": {"score": "l2"},
-    "magnitude": {"sparsity": 0.2},
-    "svd": {"rank": None},
-    "mmd": {"steps": 100, "lr": 1e-2, "weight_decay": 0.01},
-}
-
 
 class CompressionError(ValueError):
     """Bad arguments to a compression function (raised before any heavy work)."""
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def neuron_features(block: DenseMLP) -> jax.Array:
+    """(D, 2d+1) rows z_i = [W1[i], b1[i], W2[:, i]] ((D, 2d) without b1): `block.neuron_features()`."""
+    return block.neuron_features()
+
+
+def neuron_scores(block: DenseMLP, score: str = "l2") -> jax.Array:
+    """s_i = ‖a_i‖·‖c_i‖ (L2 or L1 norms) of neuron i: `block.neuron_scores(score)`."""
+    return block.neuron_scores(score)
+
+
+def svd_rank_for_width(d: int, D: int, k: int) -> int:
+    """Parameter-matched rank: a width-k MLP has 2kd weights, rank-t factors of W1 and W2
+    have 2t(D+d), so t = floor(k·d / (D+d)) (≥ 1). d=768, D=3072, k=768 → 153."""
+    return max(1, (k * d) // (D + d))
+
+
+# ----------------------------------------------------------------------------- methods
+# Each method is `name(block, width, key, [km,] *, options...)`: its keyword-only
+# parameters and their defaults ARE the method's options (OPTIONS is read from them).
+
+def _kmeans(block, width, key, n_init, max_iter, tol):
+    return _kmeans_layer(block.neuron_features(), key, jnp.float32(tol), int(width), int(n_init), int(max_iter))
+
+
+def fusion(block, width, key, km=None, *, n_init=30, max_iter=300, tol=1e-4):
+    """k-means over the neurons; centroids with the fixed diag(n) of cluster sizes (FusedMLP)."""
+    km = _kmeans(block, width, key, n_init, max_iter, tol) if km is None else km
+    return FusedMLP.from_neurons(block, km.centroids, km.counts)
+
+
+def cluster(block, width, key, km=None, *, n_init=30, max_iter=300, tol=1e-4):
+    """The same k-means; √n absorbed into both layers: a plain DenseMLP (W1', b1' rows and W2'
+    columns scaled by √n_j)."""
+    km = _kmeans(block, width, key, n_init, max_iter, tol) if km is None else km
+    w1, b1, w2 = block.split_neurons(km.centroids)
+    s = jnp.sqrt(jnp.asarray(km.counts, jnp.float32))
+    return DenseMLP(w1 * s[:, None], None if b1 is None else b1 * s, w2 * s[None, :], block.b2)
+
+
+def sketch(block, width, key, *, keep=0):
+    """W1' = SᵀW1, b1' = Sᵀb1, W2' = W2 S with S_ij ~ N(0, 1/k); `keep` top-score neurons kept exactly."""
+    keep = int(keep)
+    D = block.w1.shape[0]
+    if keep:
+        top = jnp.sort(jnp.argsort(-block.neuron_scores())[:keep])
+        rest = jnp.setdiff1d(jnp.arange(D), top, size=D - keep)
+    else:
+        top, rest = jnp.zeros((0,), jnp.int32), jnp.arange(D)
+    r = width - keep
+    S = jax.random.normal(key, (D - keep, r), jnp.float32) / math.sqrt(r) if r else jnp.zeros((D - keep, 0))
+    w1 = jnp.concatenate([block.w1[top], S.T @ block.w1[rest]], axis=0)
+    b1 = None if block.b1 is None else jnp.concatenate([block.b1[top], S.T @ block.b1[rest]])
+    w2 = jnp.concatenate([block.w2[:, top], block.w2[:, rest] @ S], axis=1)
+    return DenseMLP(w1, b1, w2, block.b2)
+
+
+def prune(block, width, key, *, score="l2"):
+    """Keep the `width` neurons of largest score (one index set for W1 rows, b1, W2 columns)."""
+    return block.take_neurons(jnp.sort(jnp.argsort(-block.neuron_scores(score))[:width]))  # original order kept
+
+
+def magnitude(block, width, key, *, sparsity=0.2):
+    """Zero the smallest `sparsity` fraction of |W1|, |W2| (one block; `compress` thresholds globally)."""
+    return _magnitude_mask([block], float(sparsity))[0]
+
+
+def svd(block, width, key, *, rank=None):
+    """Truncated SVD of W1 and W2 at `rank` (default: parameter-matched to width)."""
+    D, d = block.w1.shape
+    rank = rank if rank is not None else svd_rank_for_width(d, D, width)
+    return _svd(block, int(rank))
+
+
+def mmd(block, width, key, *, steps=100, lr=1e-2, weight_decay=0.01):
+    """Particles fitted by AdamW to the neurons under MMD², rescaled by √(D/k)."""
+    return _mmd(block, width, key, int(steps), float(lr), float(weight_decay))
+
+
+KMEANS_METHODS = ("fusion", "cluster")
 
 
 # ----------------------------------------------------------------------------- checks
@@ -41,12 +114,8 @@ class CompressionError(ValueError):
 def _options(method, options):
     if method not in METHODS:
         raise CompressionError(f"unknown method {method!r}; known methods: {', '.join(METHODS)}")
-    allowed = OPTIONS[method]
-    bad = sorted(set(options) - set(allowed))
-    if bad:
-        raise CompressionError(f"unknown option(s) {bad} for method {method!r}; valid: {sorted(allowed) or 'none'}")
-    opts = {**allowed, **options}
-    if method in ("fusion", "cluster"):
+    opts = check_options(f"method {method!r}", options, OPTIONS[method], error=CompressionError)
+    if method in KMEANS_METHODS:
         if int(opts["n_init"]) < 1 or int(opts["max_iter"]) < 1 or float(opts["tol"]) < 0:
             raise CompressionError(f"k-means needs n_init ≥ 1, max_iter ≥ 1, tol ≥ 0; got {opts}")
     if method == "prune" and opts["score"] not in ("l2", "l1"):
@@ -59,20 +128,16 @@ def _options(method, options):
 
 
 def _check_block(block, method, width, opts, where=""):
-    if not isinstance(block, DenseMLP):
-        raise CompressionError(f"{where}{method} compresses a DenseMLP (the original block), "
+    if not getattr(block, "compressible", False):
+        raise CompressionError(f"{where}{method} compresses an original block (DenseMLP), "
                                f"got {type(block).__name__}")
     D, d = block.w1.shape
-    if isinstance(width, bool) or not isinstance(width, (int, np.integer)):
-        raise CompressionError(f"{where}width must be an int, got {width!r}")
-    if not 0 < width <= D:
-        raise CompressionError(f"{where}width must be in [1, {D}] (the block's hidden width D), got {width}")
+    check_width(width, D, error=CompressionError, what=f"{where}width")
     if method == "sketch" and not 0 <= int(opts["keep"]) <= width:
         raise CompressionError(f"{where}sketch keep must be in [0, width={width}], got {opts['keep']}")
     if method == "svd" and opts["rank"] is not None and not 0 < int(opts["rank"]) <= min(D, d):
         raise CompressionError(f"{where}svd rank must be in [1, {min(D, d)}], got {opts['rank']}")
-    for name in ("w1", "b1", "w2", "b2"):
-        a = getattr(block, name)
+    for name, a in zip(("w1", "b1", "w2", "b2"), block.neuron_view()[:4]):
         if a is not None and not bool(np.all(np.isfinite(np.asarray(a)))):
             raise CompressionError(f"{where}{name} contains NaN or infinite values")
 
@@ -82,64 +147,6 @@ def _check_activation(activation):
         activation_fn(activation)
     except ValueError as e:
         raise CompressionError(str(e)) from None
-
-
-# ----------------------------------------------------------------------------- helpers
-
-def neuron_features(block: DenseMLP) -> jax.Array:
-    """(D, 2d+1) rows z_i = [W1[i], b1[i], W2[:, i]] ((D, 2d) without b1)."""
-    parts = [block.w1] + ([block.b1[:, None]] if block.b1 is not None else []) + [block.w2.T]
-    return jnp.concatenate([jnp.asarray(p, jnp.float32) for p in parts], axis=1)
-
-
-def _split_features(M, d, has_b1):
-    w1 = M[:, :d]
-    b1 = M[:, d] if has_b1 else None
-    w2 = M[:, d + (1 if has_b1 else 0):].T
-    return w1, b1, w2
-
-
-def neuron_scores(block: DenseMLP, score: str = "l2") -> jax.Array:
-    """s_i = ‖a_i‖·‖c_i‖ (L2 or L1 norms) of neuron i."""
-    o = 2 if score == "l2" else 1
-    return jnp.linalg.norm(block.w1, ord=o, axis=1) * jnp.linalg.norm(block.w2, ord=o, axis=0)
-
-
-def svd_rank_for_width(d: int, D: int, k: int) -> int:
-    """Parameter-matched rank: a width-k MLP has 2kd weights, rank-t factors of W1 and W2
-    have 2t(D+d), so t = floor(k·d / (D+d)) (≥ 1). d=768, D=3072, k=768 → 153."""
-    return max(1, (k * d) // (D + d))
-
-
-def _from_centroids(block, M, counts, method):
-    d = block.w1.shape[1]
-    w1, b1, w2 = _split_features(M, d, block.b1 is not None)
-    if method == "fusion":
-        return FusedMLP(w1, b1, w2, block.b2, tuple(int(c) for c in np.asarray(counts)))
-    s = jnp.sqrt(jnp.asarray(counts, jnp.float32))
-    return DenseMLP(w1 * s[:, None], None if b1 is None else b1 * s, w2 * s[None, :], block.b2)
-
-
-# ----------------------------------------------------------------------------- methods
-
-def _sketch(block, k, key, keep):
-    D = block.w1.shape[0]
-    if keep:
-        top = jnp.sort(jnp.argsort(-neuron_scores(block))[:keep])
-        rest = jnp.setdiff1d(jnp.arange(D), top, size=D - keep)
-    else:
-        top, rest = jnp.zeros((0,), jnp.int32), jnp.arange(D)
-    r = k - keep
-    S = jax.random.normal(key, (D - keep, r), jnp.float32) / math.sqrt(r) if r else jnp.zeros((D - keep, 0))
-    w1 = jnp.concatenate([block.w1[top], S.T @ block.w1[rest]], axis=0)
-    b1 = None if block.b1 is None else jnp.concatenate([block.b1[top], S.T @ block.b1[rest]])
-    w2 = jnp.concatenate([block.w2[:, top], block.w2[:, rest] @ S], axis=1)
-    return DenseMLP(w1, b1, w2, block.b2)
-
-
-def _prune(block, k, score):
-    idx = jnp.sort(jnp.argsort(-neuron_scores(block, score))[:k])  # original order kept
-    return DenseMLP(block.w1[idx], None if block.b1 is None else block.b1[idx], block.w2[:, idx], block.b2)
 
 
 def _magnitude_mask(blocks: Sequence[DenseMLP], sparsity: float):
@@ -240,33 +247,23 @@ def _mmd_fit(P, Z, steps, lr, weight_decay):
 
 
 def _mmd(block, k, key, steps, lr, weight_decay):
-    Z = neuron_features(block)
+    Z = block.neuron_features()
     D = Z.shape[0]
     P0 = Z[jax.random.choice(key, D, (k,), replace=False)]
     P = _mmd_fit(P0, Z, steps, lr, weight_decay)
-    w1, b1, w2 = _split_features(P * math.sqrt(D / k), block.w1.shape[1], block.b1 is not None)
-    return DenseMLP(w1, b1, w2, block.b2)
+    return block.with_neurons(P * math.sqrt(D / k))
+
+
+METHOD_FNS = {"fusion": fusion, "cluster": cluster, "sketch": sketch, "prune": prune, "magnitude": magnitude,
+              "svd": svd, "mmd": mmd}
+OPTIONS = {m: keyword_defaults(fn) for m, fn in METHOD_FNS.items()}   # {method: {option: default}}
 
 
 def _dispatch(block, method, width, key, opts, km=None):
-    if method in ("fusion", "cluster"):
-        if km is None:
-            km = _kmeans_layer(neuron_features(block), key, jnp.float32(opts["tol"]), int(width),
-                               int(opts["n_init"]), int(opts["max_iter"]))
-        return _from_centroids(block, km.centroids, km.counts, method)
-    if method == "sketch":
-        return _sketch(block, width, key, int(opts["keep"]))
-    if method == "prune":
-        return _prune(block, width, opts["score"])
-    if method == "magnitude":
-        return _magnitude_mask([block], float(opts["sparsity"]))[0]
-    if method == "svd":
-        D, d = block.w1.shape
-        rank = opts["rank"] if opts["rank"] is not None else svd_rank_for_width(d, D, width)
-        return _svd(block, int(rank))
-    if method == "mmd":
-        return _mmd(block, width, key, int(opts["steps"]), float(opts["lr"]), float(opts["weight_decay"]))
-    raise AssertionError(method)
+    fn = METHOD_FNS[method]
+    if method in KMEANS_METHODS:
+        return fn(block, width, key, km, **opts)
+    return fn(block, width, key, **opts)
 
 
 # ----------------------------------------------------------------------------- public API
@@ -290,15 +287,7 @@ def compress_block(block: DenseMLP, method: str, width: int, key, *, activation:
 def _layer_blocks(params, layers, key, method, width, opts):
     """(layers, {layer: block}, {layer: key}) after the checks `compress` and `kmeans_layers` share;
     layer layers[i] gets `jax.random.split(key, len(layers))[i]`."""
-    layers = [int(l) for l in layers]
-    n = len(params["layers"])
-    if not layers:
-        raise CompressionError("no layers given")
-    if len(set(layers)) != len(layers):
-        raise CompressionError(f"duplicate layers in {layers}")
-    for l in layers:
-        if not 0 <= l < n:
-            raise CompressionError(f"layer {l} out of range: the model has layers 0..{n - 1}")
+    layers = list(check_layers(layers, len(params["layers"]), error=CompressionError))
     blocks = {l: params["layers"][l]["mlp"] for l in layers}
     for l, b in blocks.items():
         _check_block(b, method, width, opts, where=f"layer {l}: ")
@@ -311,7 +300,7 @@ def _kmeans_of_blocks(blocks: dict, width, keys: dict, opts) -> dict:
     for l, b in blocks.items():
         groups.setdefault((b.w1.shape, b.b1 is None), []).append(l)
     for group in groups.values():
-        Xs = jnp.stack([neuron_features(blocks[l]) for l in group])
+        Xs = jnp.stack([blocks[l].neuron_features() for l in group])
         ks = jnp.stack([keys[l] for l in group])
         km = _kmeans_batched(Xs, ks, jnp.float32(opts["tol"]), int(width), int(opts["n_init"]),
                              int(opts["max_iter"]))
@@ -358,7 +347,7 @@ def compress(cfg, params: dict, method: str, layers: Sequence[int], width: int, 
     _check_activation(cfg.activation)
     layers, blocks, keys = _layer_blocks(params, layers, key, method, width, opts)
     if kmeans_result is not None:
-        if method not in ("fusion", "cluster"):
+        if method not in KMEANS_METHODS:
             raise CompressionError(f"kmeans_result applies to fusion and cluster only, not {method!r}")
         _check_kmeans_result(kmeans_result, blocks, width)
 
@@ -366,7 +355,7 @@ def compress(cfg, params: dict, method: str, layers: Sequence[int], width: int, 
         masked = _magnitude_mask([blocks[l] for l in layers], float(opts["sparsity"]))
         return replace_mlps(params, dict(zip(layers, masked)))
 
-    if method in ("fusion", "cluster"):
+    if method in KMEANS_METHODS:
         km = kmeans_result if kmeans_result is not None else _kmeans_of_blocks(blocks, width, keys, opts)
         new = {l: _dispatch(blocks[l], method, width, keys[l], opts, km=km[l]) for l in layers}
     else:

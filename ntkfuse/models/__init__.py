@@ -12,7 +12,7 @@ import numpy as np
 
 from . import bert, gpt2
 from .config import SUPPORTED_MODEL_TYPES, ModelConfig, UnsupportedModelError
-from .mlp import (MLP_KINDS, DenseMLP, FusedMLP, LinearMLP, LowRankLinearMLP, LowRankMLP, activation_fn,
+from .blocks import (MLP_KINDS, DenseMLP, FusedMLP, LinearMLP, LowRankLinearMLP, LowRankMLP, activation_fn,
                   apply_mlp, count_params, is_mlp)
 from .outputs import ModelOutput
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 
 from .config import ModelConfig
 from .layers import attention_bias, layer_norm, linear, self_attention
-from .mlp import apply_mlp
+from .blocks import apply_mlp
 from .outputs import ModelOutput
 
 

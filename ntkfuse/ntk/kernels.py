@@ -28,8 +28,8 @@ Strategies (chosen by `plan_kernels` from a cost model and a memory budget):
   pre-activation and output; u from the forward. Cost 2·N1·N2·T1·T2·(out+in) per
   matrix instead of 2·N1·N2·out·in (+ 2·N·T·out·in to form G): cheaper when
   T1·T2·(out+in) < out·in, i.e. short sequences or very wide layers; memory is
-  N·T·(out+in) instead of N·out·in. Applies when every selected leaf is a w1/b1/w2/b2
-  of a DenseMLP or FusedMLP.
+  N·T·(out+in) instead of N·out·in. Applies when every selected leaf is named in its
+  block's `token_grads` (DenseMLP, FusedMLP: w1, b1, w2, b2).
 
 Every per-chunk computation is a pure function of (params, chunk of examples), so
 chunks can later be sharded across devices. FusedMLP counts are static metadata and
@@ -46,8 +46,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..dtypes import as_dtype
-from ..models import DenseMLP, FusedMLP, check_batch
-from ..models.mlp import activation_fn
+from ..models import check_batch
+from ..models.blocks import Probed, Probes, activation_fn
 from .outputs import class_prob
 from .selectors import Selector, SelectorError, all_mlps, leaf_paths, restrict
 
@@ -255,81 +255,23 @@ def _kernels_explicit(sel, rest, batch, batch2, *, cfg, output, kinds, chunk, dt
 # --------------------------------------------------------------------------- Jacobian-free (tokens)
 
 
-@jax.custom_vjp
-def _tap(x, s):
-    """Identity in x whose "cotangent" for the zero tap s is x itself: a gradient w.r.t. s returns the
-    activation x from the same forward/backward pass (no second forward)."""
-    return x
-
-
-def _tap_fwd(x, s):
-    return x, (x, s.shape)
-
-
-def _tap_bwd(res, ct):
-    x, shape = res
-    lead = tuple(range(x.ndim - len(shape)))       # the per-example forward adds a batch axis of 1
-    return ct, jnp.sum(x, axis=lead).reshape(shape)
-
-
-_tap.defvjp(_tap_fwd, _tap_bwd)
-
-
-@dataclasses.dataclass(frozen=True)
-class _ProbedMLP(DenseMLP):
-    """A Dense/Fused block with zero probes on its pre-activation (p1) and output (p2), whose
-    gradients are the per-token cotangents δ1, δ2, and zero taps on its input (s1) and on W2's input
-    (s2), whose "gradients" are u1, u2. Any of them may be None. `counts`: fused scaling or None."""
-    p1: jax.Array = None
-    p2: jax.Array = None
-    s1: jax.Array = None
-    s2: jax.Array = None
-    counts: Optional[tuple] = None
-
-    def __call__(self, x, act):
-        if self.s1 is not None:
-            x = _tap(x, self.s1)
-        z = x @ self.w1.T.astype(x.dtype)
-        if self.p1 is not None:
-            z = z + self.p1.astype(x.dtype)
-        if self.b1 is not None:
-            z = z + self.b1.astype(x.dtype)
-        h = act(z)
-        if self.counts is not None:
-            h = h * jnp.asarray(self.counts, x.dtype)
-        if self.s2 is not None:
-            h = _tap(h, self.s2)
-        y = h @ self.w2.T.astype(x.dtype)
-        if self.p2 is not None:
-            y = y + self.p2.astype(x.dtype)
-        return y if self.b2 is None else y + self.b2.astype(x.dtype)
-
-
-jax.tree_util.register_dataclass(_ProbedMLP, data_fields=["w1", "b1", "w2", "b2", "p1", "p2", "s1", "s2"],
-                                 meta_fields=["counts"])
-
 _FACTORS = ("d1", "u1", "d2", "u2")   # δ1 (T,D), u1 (T,d), δ2 (T,d), u2 (T,D) per example
 
 
 def _probe_factors(cfg, output, params, batch, layers, want=_FACTORS):
     """{layer: tuple of the `want` factors, each (N, T, ·)} from ONE batched forward + backward."""
     n, t = batch["input_ids"].shape
-    dt = params["layers"][layers[0]]["mlp"].w1.dtype
-    dims = {"d1": None, "u1": cfg.hidden, "d2": cfg.hidden, "u2": None}
+    dt = params["layers"][layers[0]]["mlp"].neuron_view().w1.dtype
 
     def zeros(l, f):
-        return jnp.zeros((n, t, dims[f] or params["layers"][l]["mlp"].width), dt)
+        return jnp.zeros((n, t, params["layers"][l]["mlp"].factor_widths()[f]), dt)
 
     probes = {l: {f: zeros(l, f) for f in want} for l in layers}
 
     def inject(pr):
         lays = list(params["layers"])
         for l in layers:
-            m = lays[l]["mlp"]
-            counts = m.counts if isinstance(m, FusedMLP) else None
-            q = pr[l]
-            lays[l] = dict(lays[l], mlp=_ProbedMLP(m.w1, m.b1, m.w2, m.b2, q.get("d1"), q.get("d2"), q.get("u1"),
-                                                   q.get("u2"), counts))
+            lays[l] = dict(lays[l], mlp=Probed(lays[l]["mlp"], Probes(**pr[l])))
         return {**params, "layers": lays}
 
     def total(pr):
@@ -357,18 +299,19 @@ def _layer_inputs(params, batch, *, cfg, output, layers, chunk, dtype):
 
 
 def _layer_parts(block, u1, d2, c, dc, names, act):
-    """Per-example gradient columns of one D-chunk c (width dc) of a Dense/Fused block, recomputing
+    """Per-example gradient columns of one D-chunk c (width dc) of a block's neuron view, recomputing
     z, u2 = σ(z)·n and δ1 = σ'(z)·n·(δ2 W2) from (u1, δ2): [g_W1[c], g_b1[c], g_W2[:, c]], each (N, ·)."""
     n = u1.shape[0]
-    w1c = jax.lax.dynamic_slice_in_dim(block.w1, c * dc, dc, 0).astype(u1.dtype)
-    w2c = jax.lax.dynamic_slice_in_dim(block.w2, c * dc, dc, 1).astype(u1.dtype)
+    view = block.neuron_view()
+    w1c = jax.lax.dynamic_slice_in_dim(view.w1, c * dc, dc, 0).astype(u1.dtype)
+    w2c = jax.lax.dynamic_slice_in_dim(view.w2, c * dc, dc, 1).astype(u1.dtype)
     z = jnp.einsum("ntd,cd->ntc", u1, w1c)
-    if block.b1 is not None:
-        z = z + jax.lax.dynamic_slice_in_dim(block.b1, c * dc, dc, 0).astype(u1.dtype)
+    if view.b1 is not None:
+        z = z + jax.lax.dynamic_slice_in_dim(view.b1, c * dc, dc, 0).astype(u1.dtype)
     h, act_vjp = jax.vjp(act, z)
     dh = jnp.einsum("ntk,kc->ntc", d2, w2c)
-    if isinstance(block, FusedMLP):
-        sc = jax.lax.dynamic_slice_in_dim(block.scale(u1.dtype), c * dc, dc, 0)
+    if view.scale is not None:
+        sc = jax.lax.dynamic_slice_in_dim(view.scale.astype(u1.dtype), c * dc, dc, 0)
         h, dh = h * sc, dh * sc
     out = []
     if "w1" in names or "b1" in names:
@@ -426,26 +369,26 @@ def _kernels_tokens(params, batch, batch2, *, cfg, output, spec, rows, dtype):
     n2 = n1 if batch2 is None else batch2["input_ids"].shape[0]
     k = jnp.zeros((n1, n2), jnp.float32)
     for l, names in spec:
-        d1a, u1a, d2a, u2a = fa[l]
-        d1b, u1b, d2b, u2b = fb[l]
-        if "w1" in names:
-            k = k + _pair_gram(d1a, u1a, d1b, u1b, rows)
-        if "b1" in names:
-            k = k + jnp.dot(d1a.sum(1), d1b.sum(1).T, preferred_element_type=jnp.float32)
-        if "w2" in names:
-            k = k + _pair_gram(d2a, u2a, d2b, u2b, rows)
-        if "b2" in names:
-            k = k + jnp.dot(d2a.sum(1), d2b.sum(1).T, preferred_element_type=jnp.float32)
+        a, b = dict(zip(_FACTORS, fa[l])), dict(zip(_FACTORS, fb[l]))
+        for name, (delta, u) in params["layers"][l]["mlp"].token_grads.items():   # the block's own order
+            if name not in names:
+                continue
+            if u is None:   # bias: g_b = Σ_t δ_t
+                k = k + jnp.dot(a[delta].sum(1), b[delta].sum(1).T, preferred_element_type=jnp.float32)
+            else:           # matrix: ⟨g_W, g_W'⟩ = Σ_{t,s} (δ_t·δ'_s)(u_t·u'_s)
+                k = k + _pair_gram(a[delta], a[u], b[delta], b[u], rows)
     return {"ntk": k}
 
 
 def _tokens_spec(params, paths):
-    """((layer, names), ...) when every selected leaf is w1/b1/w2/b2 of a Dense/Fused MLP, else None."""
+    """((layer, names), ...) when every selected leaf is a leaf of an MLP block that declares how its
+    per-example gradient factorises over tokens (`Block.token_grads`: DenseMLP, FusedMLP), else None."""
     spec: dict = {}
     for p in paths:
-        if not (len(p) == 4 and p[0] == "layers" and p[2] == "mlp" and p[3] in ("w1", "b1", "w2", "b2")):
+        if not (len(p) == 4 and p[0] == "layers" and p[2] == "mlp"):
             return None
-        if type(params["layers"][p[1]]["mlp"]) not in (DenseMLP, FusedMLP):
+        grads = params["layers"][p[1]]["mlp"].token_grads
+        if grads is None or p[3] not in grads:
             return None
         spec.setdefault(p[1], set()).add(p[3])
     return tuple((l, tuple(sorted(v))) for l, v in sorted(spec.items()))

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..models import DenseMLP, LinearMLP
+from ..models.blocks import DenseMLP, LinearMLP
 from .linear import fit_ridge, low_rank_from_linear
 
 KINDS = ("linear", "linear_sgd", "low_rank_linear", "bottleneck")

@@ -3,10 +3,11 @@
 All chosen layers are fitted together: their blocks are stacked on a leading layer
 axis and the loss is vmapped over it. The summed loss has disjoint parameters per
 layer and AdamW is elementwise, so this is exactly L independent fits in one jitted
-step. FusedMLP counts are static metadata that differ per layer; for fitting they are
-stacked into a separate, non-trainable (L, k) array that multiplies after the
-activation (so gradients w.r.t. centroid j still scale with n_j), and the original
-counts are put back afterwards — they are never updated.
+step. A kind's fixed fields (FusedMLP counts) differ per layer and are static
+metadata; the block protocol's `split_fixed` turns them into a separate,
+non-trainable stacked array beside the trainable holder, `apply_split` runs the
+kind's own forward with it (so gradients w.r.t. centroid j still scale with n_j),
+and `join_fixed` puts the original values back afterwards — they are never updated.
 
 Speed: per-step Python dispatch dominates small fits on accelerators, so many optimizer
 steps run in one dispatch — a jitted `lax.scan` over a block of steps that ends at the
@@ -35,7 +36,7 @@ import numpy as np
 import optax
 
 from ..files import atomic_write
-from ..models import DenseMLP, FusedMLP, activation_fn
+from ..models.blocks import activation_fn, fixed_fields
 
 LOSSES = ("mse", "cosine")
 COMPUTE_DTYPES = ("float32", "bfloat16")
@@ -98,14 +99,10 @@ class FitConfig:
 # ---------------------------------------------------------------- stacking
 
 class Stacked(NamedTuple):
-    params: Any                 # blocks stacked on axis 0 (FusedMLP as DenseMLP leaves)
-    scale: Optional[jax.Array]  # (L, k) fusion counts, or None
-    counts: Optional[tuple]     # per-layer counts tuples to restore FusedMLP
-
-
-def _trainable(block):
-    """The block's arrays in a structure without FusedMLP's per-layer counts (a DenseMLP holder)."""
-    return DenseMLP(block.w1, block.b1, block.w2, block.b2) if isinstance(block, FusedMLP) else block
+    params: Any                 # trainable holders stacked on axis 0
+    fixed: dict                 # {fixed field: (L, ...) float32 array}, e.g. fusion counts; {} if none
+    cls: Any                    # the block kind
+    meta: Optional[tuple]       # per-layer {fixed field: original value} to rebuild the blocks, or None
 
 
 def stack_blocks(blocks: Sequence) -> Stacked:
@@ -115,37 +112,27 @@ def stack_blocks(blocks: Sequence) -> Stacked:
     kinds = {type(b).__name__ for b in blocks}
     if len(kinds) != 1:
         raise FitError(f"blocks must all be the same kind to fit together, got {sorted(kinds)}")
-    counts = None
-    if isinstance(blocks[0], FusedMLP):
-        counts = tuple(tuple(int(c) for c in b.counts) for b in blocks)
-        blocks = [_trainable(b) for b in blocks]
-    defs = {jax.tree.structure(b) for b in blocks}
-    shapes = {tuple(x.shape for x in jax.tree.leaves(b)) for b in blocks}
+    cls = type(blocks[0])
+    names = fixed_fields(cls)
+    meta = tuple({n: tuple(int(c) for c in getattr(b, n)) for n in names} for b in blocks) if names else None
+    split = [b.split_fixed() for b in blocks]
+    holders = [h for h, _ in split]
+    defs = {jax.tree.structure(h) for h in holders}
+    shapes = {tuple(x.shape for x in jax.tree.leaves(h)) for h in holders}
     if len(defs) != 1 or len(shapes) != 1:
         raise FitError(f"blocks must have the same structure and shapes to be stacked, got shapes {sorted(shapes)}")
-    params = jax.tree.map(lambda *xs: jnp.stack(xs), *blocks)
-    scale = None if counts is None else jnp.asarray(np.array(counts, np.float32))
-    return Stacked(params, scale, counts)
+    params = jax.tree.map(lambda *xs: jnp.stack(xs), *holders)
+    fixed = {n: jnp.asarray(np.stack([f[n] for _, f in split])) for n in names}
+    return Stacked(params, fixed, cls, meta)
 
 
 def unstack_blocks(st: Stacked, params=None) -> list:
     params = st.params if params is None else params
     n = jax.tree.leaves(params)[0].shape[0]
     out = [jax.tree.map(lambda x: x[i], params) for i in range(n)]
-    if st.counts is not None:
-        out = [FusedMLP(b.w1, b.b1, b.w2, b.b2, c) for b, c in zip(out, st.counts)]
+    if st.meta is not None:
+        out = [st.cls.join_fixed(b, m) for b, m in zip(out, st.meta)]
     return out
-
-
-def apply_block(block, x, act, scale=None):
-    """Block forward; with `scale`, a DenseMLP holder is run as fusion: W2 (n ⊙ σ(W1x+b1)) + b2."""
-    if scale is None:
-        return block(x, act)
-    h = x @ block.w1.T
-    if block.b1 is not None:
-        h = h + block.b1
-    y = (act(h) * scale) @ block.w2.T
-    return y if block.b2 is None else y + block.b2
 
 
 def loss_fn(kind: str, pred, target):
@@ -186,7 +173,7 @@ def _split(key, n: int, holdout: float):
 
 
 @functools.lru_cache(maxsize=32)
-def _build(fc: FitConfig, activation: str, fused: bool, n_train: int):
+def _build(fc: FitConfig, activation: str, cls, n_train: int):
     act = activation_fn(activation)
     tx = fc.optimizer()
     bs = min(fc.batch_size, n_train)
@@ -194,32 +181,32 @@ def _build(fc: FitConfig, activation: str, fused: bool, n_train: int):
     order_key = jax.random.fold_in(jax.random.PRNGKey(fc.seed), 1)
     cdt = jnp.dtype(fc.compute_dtype)
 
-    def layer_loss(p, s, x, y):
+    def layer_loss(p, fixed, x, y):
         if cdt != jnp.float32:   # the cast is inside the grad: gradients reach the f32 master params
             p = jax.tree.map(lambda a: a.astype(cdt), p)
             x = x.astype(cdt)
-            s = None if s is None else s.astype(cdt)
-        pred = apply_block(p, x, act, s if fused else None)
+            fixed = jax.tree.map(lambda a: a.astype(cdt), fixed)
+        pred = cls.apply_split(p, fixed, x, act)
         return loss_fn(fc.loss, pred.astype(jnp.float32), y)
 
-    def losses(params, scale, x, y):
-        return jax.vmap(layer_loss, in_axes=(0, 0 if fused else None, 0, 0))(params, scale, x, y)
+    def losses(params, fixed, x, y):
+        return jax.vmap(layer_loss)(params, fixed, x, y)
 
     def epoch_perm(epoch):
         return jax.random.permutation(jax.random.fold_in(order_key, epoch), n_train)
 
-    def step_fn(state: FitState, perms, epoch0, scale, x, y):
+    def step_fn(state: FitState, perms, epoch0, fixed, x, y):
         epoch, i = state.step // per_epoch, state.step % per_epoch
         idx = jax.lax.dynamic_slice(perms[epoch - epoch0], (i * bs,), (bs,))
         xb, yb = jnp.take(x, idx, axis=1), jnp.take(y, idx, axis=1)
-        (_, per), grads = jax.value_and_grad(lambda p: (lambda l: (l.sum(), l))(losses(p, scale, xb, yb)),
+        (_, per), grads = jax.value_and_grad(lambda p: (lambda l: (l.sum(), l))(losses(p, fixed, xb, yb)),
                                              has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         return state._replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                               opt_state=opt_state), per
 
     @functools.partial(jax.jit, static_argnums=4)
-    def train_block(state: FitState, scale, x, y, n: int):
+    def train_block(state: FitState, fixed, x, y, n: int):
         """`n` optimizer steps in one dispatch; returns the state and the last step's per-layer
         training loss. The permutations of every epoch the block touches are drawn up front
         (at most n // per_epoch + 2 of them), so the scan body has no branch."""
@@ -228,15 +215,15 @@ def _build(fc: FitConfig, activation: str, fused: bool, n_train: int):
 
         def body(carry, _):
             st, _ = carry
-            return step_fn(st, perms, epoch0, scale, x, y), None
+            return step_fn(st, perms, epoch0, fixed, x, y), None
 
         L = jax.tree.leaves(state.params)[0].shape[0]
         (state, last), _ = jax.lax.scan(body, (state, jnp.zeros((L,), jnp.float32)), None, length=n)
         return state, last
 
     @jax.jit
-    def evaluate(state: FitState, scale, x, y):
-        cur = losses(state.params, scale, x, y)
+    def evaluate(state: FitState, fixed, x, y):
+        cur = losses(state.params, fixed, x, y)
         better = cur < state.best_loss - fc.min_delta
         sel = lambda new, old: jnp.where(better.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
         best_params = jax.tree.map(sel, state.params, state.best_params)
@@ -261,10 +248,10 @@ def _fingerprint(fc: FitConfig, activation, x, y, st: Stacked) -> dict:
     if d["compute_dtype"] == "float32":   # fingerprints written before the field existed still match
         d.pop("compute_dtype")
     return {"fit_config": d, "activation": activation, "x_shape": list(x.shape), "y_shape": list(y.shape),
-            "kind": ("fused:" if st.counts is not None else "") + str(jax.tree.structure(st.params)),
+            "kind": f"{st.cls.__name__}:" + str(jax.tree.structure(st.params)),
             "param_shapes": [list(a.shape) for a in jax.tree.leaves(st.params)],
             "data_sum": float(np.asarray(x, np.float64).sum() + np.asarray(y, np.float64).sum()),
-            "counts": st.counts}
+            "fixed": st.meta}
 
 
 def _manager(directory):
@@ -320,7 +307,7 @@ def fit_blocks(blocks: Sequence, x, y, fc: FitConfig = FitConfig(), activation: 
         xh, yh = jnp.asarray(x[:, ho]), jnp.asarray(y[:, ho])
     else:   # no split: use the arrays as given (device arrays are not copied)
         xt, yt, xh, yh = jnp.asarray(x), jnp.asarray(y), None, None
-    tx, train_block, evaluate = _build(fc, activation, st.scale is not None, len(tr))
+    tx, train_block, evaluate = _build(fc, activation, st.cls, len(tr))
     state = init_state(fc, st.params)
     history = {"step": [], "train": [], "heldout": []}
     mngr = None
@@ -360,11 +347,11 @@ def fit_blocks(blocks: Sequence, x, y, fc: FitConfig = FitConfig(), activation: 
         for every in ((fc.eval_every if xh is not None else 0), ce):
             if every:
                 nxt = min(nxt, (s // every + 1) * every)
-        state, last = train_block(state, st.scale, xt, yt, nxt - s)
+        state, last = train_block(state, st.fixed, xt, yt, nxt - s)
         bar.update(nxt - s)
         s = nxt
         if xh is not None and (s % fc.eval_every == 0 or s == fc.steps):
-            state, cur = evaluate(state, st.scale, xh, yh)
+            state, cur = evaluate(state, st.fixed, xh, yh)
             pending.append((s, last, cur))
             if fc.patience > 0:
                 done = bool(state.done)
@@ -398,7 +385,7 @@ def evaluate_blocks(blocks: Sequence, x, y, activation: str = "gelu", loss: str 
 
 
 def _group_key(block):
-    t = _trainable(block)
+    t = block.split_fixed()[0]
     return type(block).__name__, str(jax.tree.structure(t)), tuple(tuple(x.shape) for x in jax.tree.leaves(t))
 
 

@@ -14,7 +14,7 @@ pytest.importorskip("transformers")
 import ntkfuse  # noqa: E402
 from ntkfuse import ntk  # noqa: E402
 
-BASELINE = Path(__file__).resolve().parents[2] / "shared" / "bench" / "torch_ntk_baseline.py"
+BASELINE = Path(__file__).resolve().parents[3] / "shared" / "bench" / "torch_ntk_baseline.py"
 
 
 @pytest.mark.skipif(not BASELINE.is_file(), reason=f"peer baseline not found at {BASELINE}")

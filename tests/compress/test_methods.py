@@ -178,17 +178,23 @@ def test_adamw_update_trains_centroids_not_counts():
     assert q["layers"][0]["mlp"].counts == counts
 
 
-def test_compress_equals_compress_block_per_layer():
+@pytest.mark.parametrize("method", ["fusion", "sketch"])
+def test_compress_equals_compress_block_per_layer(method):
     cfg, p = _layered_params((1.0, 1.0))
     keys = jax.random.split(jax.random.key(4), 2)
-    for method in ("fusion", "sketch"):
-        q = compress(cfg, p, method, [1, 0], 12, jax.random.key(4), **FAST.get(method, {}))
-        for key, l in zip(keys, [1, 0]):
-            ref = compress_block(p["layers"][l]["mlp"], method, 12, key, **FAST.get(method, {}))
-            got = q["layers"][l]["mlp"]
-            if method == "fusion":
-                assert got.counts == ref.counts
-            np.testing.assert_allclose(np.asarray(got.w1), np.asarray(ref.w1), rtol=1e-5, atol=1e-6)
+    q = compress(cfg, p, method, [1, 0], 12, jax.random.key(4), **FAST.get(method, {}))
+    for key, l in zip(keys, [1, 0]):   # layer layers[i] gets split(key)[i]
+        ref = compress_block(p["layers"][l]["mlp"], method, 12, key, **FAST.get(method, {}))
+        got = q["layers"][l]["mlp"]
+        if method == "fusion":
+            assert got.counts == ref.counts
+        np.testing.assert_allclose(np.asarray(got.w1), np.asarray(ref.w1), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("width", [0, -1, D + 1, 2.5, True])
+def test_bad_width(width):
+    with pytest.raises(CompressionError, match="width"):
+        compress_block(_block(), "prune", width, jax.random.key(0))
 
 
 def test_bad_inputs():
@@ -197,9 +203,6 @@ def test_bad_inputs():
     key = jax.random.key(0)
     with pytest.raises(CompressionError, match="fusion, cluster, sketch"):
         compress_block(b, "kmeans", 8, key)
-    for w in (0, -1, D + 1):
-        with pytest.raises(CompressionError, match="width"):
-            compress_block(b, "prune", w, key)
     with pytest.raises(CompressionError, match="out of range"):
         compress(cfg, p, "prune", [0, 2], 8, key)
     with pytest.raises(CompressionError, match="unknown option"):
@@ -303,20 +306,27 @@ def test_mmd_fit_equals_straightforward_formula():
                                atol=5e-3 * float(jnp.abs(g_slow).max()))
 
 
-def test_shared_kmeans_result_is_identical_to_computing_it():
+@pytest.mark.parametrize("method", ["fusion", "cluster"])
+def test_shared_kmeans_result_is_identical_to_computing_it(method):
     from ntkfuse.compress import kmeans_layers
     cfg, p = _layered_params((1.0, 1.0))
     key = jax.random.key(7)
     km = kmeans_layers(p, [1, 0], 12, key, n_init=2)
     assert sorted(km) == [0, 1] and km[0].centroids.shape == (12, 2 * d + 1)
-    for method in ("fusion", "cluster"):
-        alone = compress(cfg, p, method, [1, 0], 12, key, n_init=2)
-        shared = compress(cfg, p, method, [1, 0], 12, key, kmeans_result=km, n_init=2)
-        for l in (0, 1):
-            a, s = alone["layers"][l]["mlp"], shared["layers"][l]["mlp"]
-            assert type(a) is type(s) and getattr(a, "counts", None) == getattr(s, "counts", None)
-            for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(s)):
-                np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    alone = compress(cfg, p, method, [1, 0], 12, key, n_init=2)
+    shared = compress(cfg, p, method, [1, 0], 12, key, kmeans_result=km, n_init=2)
+    for l in (0, 1):
+        a, s = alone["layers"][l]["mlp"], shared["layers"][l]["mlp"]
+        assert type(a) is type(s) and getattr(a, "counts", None) == getattr(s, "counts", None)
+        for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(s)):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_kmeans_result_bad_inputs():
+    from ntkfuse.compress import kmeans_layers
+    cfg, p = _layered_params((1.0, 1.0))
+    key = jax.random.key(7)
+    km = kmeans_layers(p, [1, 0], 12, key, n_init=2)
     with pytest.raises(CompressionError, match="for layers"):
         compress(cfg, p, "fusion", [0, 1], 12, key, kmeans_result={0: km[0]})
     with pytest.raises(CompressionError, match="does not fit"):
