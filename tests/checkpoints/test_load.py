@@ -13,7 +13,8 @@ import pytest
 
 import ntkfuse
 from ntkfuse import CheckpointError
-from ntkfuse.checkpoints import as_dtype, read_weights
+from ntkfuse.checkpoints import read_weights
+from ntkfuse.dtypes import as_dtype
 
 
 @pytest.fixture
