@@ -49,7 +49,7 @@ class ModelConfig:
     # Dropout rates at HF's places, applied only when forward gets an `rng` key.
     dropout: float = 0.0                         # hidden/residual (HF hidden_dropout_prob, resid_pdrop)
     attention_dropout: float = 0.0               # attention probabilities
-    embed_dropout: Optional[float] = None        # embeddings output; None: `dropout` (GPT-2's embd_pdrop)
+    embed_dropout: Optional[float] = None        # embeddings output; None: `dropout` (GPT-2: embd_pdrop)
     classifier_dropout: Optional[float] = None   # classifier head; None: `dropout` (HF classifier_dropout)
 
     def __post_init__(self):

@@ -10,12 +10,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..layers import attention_bias, dropout, layer_norm, linear, self_attention
 from ..blocks import DenseMLP, apply_mlp
+from ..layers import attention_bias, dropout, layer_norm, linear, self_attention
 from ..outputs import ModelOutput
 from ..stack import run_layers
-from .common import (ATTN_OUT, ATTN_PROBS, EMBED, HEAD, LAYERS, MLP_OUT, hf_activation, hf_linear, hf_ln,
-                     hf_num_labels, init_head, init_layer, init_ln, normal, site_key)
+from .common import (ATTN_OUT, ATTN_PROBS, EMBED, HEAD, LAYERS, MLP_OUT, embed_rate, head_rate, hf_activation,
+                     hf_linear, hf_ln, hf_num_labels, init_head, init_layer, init_ln, normal, site_key)
 from .registry import Family
 
 
@@ -29,20 +29,16 @@ def roberta_position_ids(cfg, input_ids):
     return jnp.cumsum(not_pad, axis=1) * not_pad + cfg.pad_token_id
 
 
-def _head_rate(cfg):
-    return cfg.dropout if cfg.classifier_dropout is None else cfg.classifier_dropout
-
-
 def bert_head(cfg, hp, h, key):
     """BertForSequenceClassification: out(dropout(tanh(pooler(h[:, 0]))))."""
     pooled = jnp.tanh(linear(hp["dense"], h[:, 0]))
-    return linear(hp["out"], dropout(pooled, _head_rate(cfg), site_key(key, 0)))
+    return linear(hp["out"], dropout(pooled, head_rate(cfg), site_key(key, 0)))
 
 
 def roberta_head(cfg, hp, h, key):
     """RobertaClassificationHead: out(dropout(tanh(dense(dropout(h[:, 0])))))."""
-    x = dropout(h[:, 0], _head_rate(cfg), site_key(key, 0))
-    x = dropout(jnp.tanh(linear(hp["dense"], x)), _head_rate(cfg), site_key(key, 1))
+    x = dropout(h[:, 0], head_rate(cfg), site_key(key, 0))
+    x = dropout(jnp.tanh(linear(hp["dense"], x)), head_rate(cfg), site_key(key, 1))
     return linear(hp["out"], x)
 
 
@@ -61,7 +57,7 @@ def _forward(position_ids, head):
             tt = jnp.zeros_like(ids)
         eps = cfg.layer_norm_eps
         h = layer_norm(p["ln"], p["word"][ids] + p["position"][pos] + p["token_type"][tt], eps)
-        h = dropout(h, cfg.dropout, site_key(rng, EMBED))
+        h = dropout(h, embed_rate(cfg), site_key(rng, EMBED))
         bias = attention_bias(mask, causal=False)
 
         def layer(lp, h, key):

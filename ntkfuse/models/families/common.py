@@ -82,5 +82,13 @@ ATTN_PROBS, ATTN_OUT, MLP_OUT = 0, 1, 2
 EMBED, LAYERS, HEAD = 0, 1, 2
 
 
+def embed_rate(cfg) -> float:
+    return cfg.dropout if cfg.embed_dropout is None else cfg.embed_dropout
+
+
+def head_rate(cfg) -> float:
+    return cfg.dropout if cfg.classifier_dropout is None else cfg.classifier_dropout
+
+
 def site_key(key, site):
     return None if key is None else jax.random.fold_in(key, site)

@@ -4,11 +4,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ..layers import attention_bias, dropout, layer_norm, self_attention
 from ..blocks import DenseMLP, apply_mlp
+from ..layers import attention_bias, dropout, layer_norm, self_attention
 from ..outputs import ModelOutput
 from ..stack import run_layers
-from .common import (ATTN_OUT, ATTN_PROBS, EMBED, LAYERS, MLP_OUT, hf_activation, hf_linear, hf_ln, hf_num_labels,
+from .common import (ATTN_OUT, ATTN_PROBS, EMBED, LAYERS, MLP_OUT, embed_rate, hf_activation, hf_linear, hf_ln, hf_num_labels,
                      init_layer, init_ln, normal, site_key)
 from .registry import Family
 
@@ -23,7 +23,7 @@ def forward(cfg, params: dict, batch: dict, collect: bool = False, rng=None) -> 
         pos = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
     p = params["embed"]
     h = p["word"][ids] + p["position"][pos]
-    h = dropout(h, cfg.dropout if cfg.embed_dropout is None else cfg.embed_dropout, site_key(rng, EMBED))
+    h = dropout(h, embed_rate(cfg), site_key(rng, EMBED))
     bias = attention_bias(mask, causal=True)
     eps = cfg.layer_norm_eps
 
