@@ -1,10 +1,7 @@
-"""Every bad input to the loader gives a clear error naming the problem, before any
+"""Loading: every bad config or weight set gives a clear error naming the problem, before any
 array reaches the model; good inputs in each dtype give params of that dtype."""
 from __future__ import annotations
 
-import json
-import shutil
-import uuid
 
 import jax
 import jax.numpy as jnp
@@ -13,62 +10,8 @@ import pytest
 
 import ntkfuse
 from ntkfuse import CheckpointError
-from ntkfuse.checkpoints import read_weights
 from ntkfuse.dtypes import as_dtype
-
-
-@pytest.fixture
-def roberta_copy(tiny_roberta, tmp_path):
-    """A private copy of a tiny checkpoint directory per format, safe to damage."""
-    def copy(fmt="safetensors"):
-        dst = tmp_path / fmt
-        shutil.copytree(tiny_roberta.dirs[fmt], dst)
-        return dst
-    return copy
-
-
-def _edit_config(d, **changes):
-    cfg = json.loads((d / "config.json").read_text())
-    cfg.update(changes)
-    (d / "config.json").write_text(json.dumps(cfg))
-
-
-# --------------------------------------------------------------------------- locating
-
-
-def test_missing_directory(tmp_path):
-    with pytest.raises(CheckpointError, match="not found") as e:
-        ntkfuse.load(tmp_path / "no_such_model", tokenizer=False)
-    assert "no_such_model" in str(e.value)
-
-
-def test_file_instead_of_directory_and_missing_config(tmp_path):
-    f = tmp_path / "weights.bin"
-    f.write_bytes(b"x")
-    with pytest.raises(CheckpointError, match="is a file"):
-        ntkfuse.load(f, tokenizer=False)
-    with pytest.raises(CheckpointError, match="no config.json"):
-        ntkfuse.load(tmp_path, tokenizer=False)
-
-
-def test_unreachable_hub_id_offline(tmp_path, monkeypatch):
-    import huggingface_hub.constants as hc
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)           # read at import time by huggingface_hub
-    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path))    # an empty cache: nothing to fall back on
-    repo = f"ntkfuse-test/no-such-model-{uuid.uuid4().hex[:12]}"
-    with pytest.raises(CheckpointError, match="not reachable") as e:
-        ntkfuse.load(repo, tokenizer=False)
-    msg = str(e.value)
-    assert repo in msg and "HF_HUB_OFFLINE" in msg and "cache" in msg
-
-
-def test_no_weight_file(roberta_copy):
-    d = roberta_copy()
-    (d / "model.safetensors").unlink()
-    with pytest.raises(CheckpointError, match="no weight file found") as e:
-        ntkfuse.load(d, tokenizer=False)
-    assert "model.safetensors" in str(e.value) and "flax_model.msgpack" in str(e.value)
+from tests.checkpoints.conftest import edit_config
 
 
 # --------------------------------------------------------------------------- config
@@ -76,7 +19,7 @@ def test_no_weight_file(roberta_copy):
 
 def test_unsupported_model_type_lists_supported(roberta_copy):
     d = roberta_copy()
-    _edit_config(d, model_type="t5")
+    edit_config(d, model_type="t5")
     with pytest.raises(CheckpointError) as e:
         ntkfuse.load(d, tokenizer=False)
     msg = str(e.value)
@@ -94,7 +37,7 @@ def test_invalid_config_json(roberta_copy):
 
 def test_shapes_that_do_not_match_config(roberta_copy):
     d = roberta_copy()
-    _edit_config(d, intermediate_size=48)
+    edit_config(d, intermediate_size=48)
     with pytest.raises(CheckpointError, match="shapes do not match") as e:
         ntkfuse.load(d, tokenizer=False)
     assert "intermediate.dense.weight" in str(e.value) and "(64, 32)" in str(e.value)
@@ -118,90 +61,6 @@ def test_non_finite_weights(roberta_copy):
     t["roberta.embeddings.LayerNorm.weight"][3] = np.nan
     save_file(t, d / "model.safetensors")
     with pytest.raises(CheckpointError, match="NaN or inf"):
-        ntkfuse.load(d, tokenizer=False)
-
-
-# --------------------------------------------------------------------------- damaged files
-
-
-def test_truncated_safetensors(roberta_copy):
-    d = roberta_copy()
-    f = d / "model.safetensors"
-    data = f.read_bytes()
-    f.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="truncated safetensors") as e:
-        ntkfuse.load(d, tokenizer=False)
-    assert str(f) in str(e.value)
-    f.write_bytes(data[:5])
-    with pytest.raises(CheckpointError, match="truncated safetensors"):
-        ntkfuse.load(d, tokenizer=False)
-
-
-def test_corrupt_safetensors_header(roberta_copy):
-    d = roberta_copy()
-    f = d / "model.safetensors"
-    data = bytearray(f.read_bytes())
-    data[8:16] = b"\xff" * 8   # the JSON header is no longer JSON
-    f.write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match="corrupt safetensors header"):
-        ntkfuse.load(d, tokenizer=False)
-
-
-def test_empty_weight_file(roberta_copy):
-    d = roberta_copy()
-    (d / "model.safetensors").write_bytes(b"")
-    with pytest.raises(CheckpointError, match="empty weight file"):
-        ntkfuse.load(d, tokenizer=False)
-
-
-def test_missing_shard(roberta_copy):
-    d = roberta_copy("sharded")
-    index = json.loads((d / "model.safetensors.index.json").read_text())
-    shard = sorted(set(index["weight_map"].values()))[-1]
-    (d / shard).unlink()
-    with pytest.raises(CheckpointError, match="is missing") as e:
-        ntkfuse.load(d, tokenizer=False)
-    assert shard in str(e.value)
-
-
-@pytest.mark.parametrize("damage", ["truncate", "garbage"])
-def test_corrupt_flax_msgpack(roberta_copy, damage):
-    d = roberta_copy("flax")
-    f = d / "flax_model.msgpack"
-    data = f.read_bytes()
-    # 0xc1 is the one byte msgpack never uses, so garbage cannot parse as a valid object.
-    f.write_bytes(data[: len(data) * 2 // 3] if damage == "truncate" else b"\xc1" + data[1:])
-    with pytest.raises(CheckpointError, match="corrupt or truncated Flax msgpack") as e:
-        ntkfuse.load(d, tokenizer=False)
-    assert str(f) in str(e.value)
-
-
-def test_msgpack_that_is_not_a_params_tree(roberta_copy):
-    import msgpack
-    d = roberta_copy("flax")
-    (d / "flax_model.msgpack").write_bytes(msgpack.packb([1, 2, 3]))
-    with pytest.raises(CheckpointError, match="not a Flax params tree"):
-        ntkfuse.load(d, tokenizer=False)
-
-
-def test_flax_params_wrapper_is_accepted(roberta_copy, tiny_roberta):
-    """A msgpack with a top-level {"params": ...} (flax's own convention) reads the same."""
-    from flax.serialization import msgpack_restore, msgpack_serialize
-    d = roberta_copy("flax")
-    f = d / "flax_model.msgpack"
-    f.write_bytes(msgpack_serialize({"params": msgpack_restore(f.read_bytes())}))
-    wrapped, _ = read_weights(d)
-    plain, _ = read_weights(tiny_roberta.dirs["flax"])
-    assert wrapped.keys() == plain.keys()
-    for k in plain:
-        np.testing.assert_array_equal(wrapped[k], plain[k])
-
-
-def test_corrupt_torch_bin(roberta_copy):
-    d = roberta_copy("bin")
-    f = d / "pytorch_model.bin"
-    f.write_bytes(f.read_bytes()[:1000])
-    with pytest.raises(CheckpointError, match="corrupt or truncated PyTorch checkpoint"):
         ntkfuse.load(d, tokenizer=False)
 
 
@@ -250,3 +109,22 @@ def test_load_bfloat16_gives_bf16_params(tiny_roberta, fmt):
     # The bf16 values are the float32 ones rounded, not something else.
     for a, b in zip(leaves, jax.tree_util.tree_leaves(f32)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b.astype(jnp.bfloat16)))
+
+
+# --------------------------------------------------------------------------- layering
+
+
+def test_lower_layers_do_not_import_checkpoints():
+    """models, ntk and data sit below or beside checkpoint I/O: none of them imports it."""
+    import re
+    from pathlib import Path
+    root = Path(ntkfuse.__file__).parent
+    pattern = re.compile(r"^\s*(from\s+(\.\.|ntkfuse\.)checkpoints|import\s+ntkfuse\.checkpoints)", re.M)
+    offenders = [str(p.relative_to(root)) for sub in ("models", "ntk", "data") for p in (root / sub).rglob("*.py")
+                 if pattern.search(p.read_text())]
+    assert offenders == []
+
+
+def test_tokenize_lives_with_the_data_code():
+    from ntkfuse.data.tokenize import tokenize
+    assert ntkfuse.tokenize is tokenize
