@@ -2,7 +2,6 @@
 array reaches the model; good inputs in each dtype give params of that dtype."""
 from __future__ import annotations
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np
