@@ -73,7 +73,6 @@ def replace_mlps(params: dict, blocks: dict) -> dict:
 
 
 __all__ = ["ModelConfig", "ModelOutput", "SUPPORTED_MODEL_TYPES", "UnsupportedModelError", "FAMILIES", "Family",
-           "get_family", "forward",
-           "jit_forward", "check_batch", "init_params", "init_head", "get_mlp", "replace_mlps", "DenseMLP",
+           "get_family", "forward", "jit_forward", "check_batch", "init_params", "init_head", "get_mlp", "replace_mlps", "DenseMLP",
            "FusedMLP", "LowRankMLP", "LinearMLP", "LowRankLinearMLP", "MLP_KINDS", "apply_mlp",
            "activation_fn", "count_params", "is_mlp"]
