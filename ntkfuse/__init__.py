@@ -4,7 +4,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .checkpoints import CheckpointError, Loaded, load, load_tokenizer, tokenize
+from .checkpoints import CheckpointError, Loaded, load, load_tokenizer
+from .data.tokenize import tokenize
 from .models import (DenseMLP, FusedMLP, LinearMLP, LowRankLinearMLP, LowRankMLP, ModelConfig, ModelOutput,
                      check_batch, forward, get_mlp, init_params, jit_forward, replace_mlps)
 

@@ -7,7 +7,7 @@ from .accounting import (compression_rows, mlp_flops_per_token, nonzero_params, 
 from .kmeans import KMeansResult, kmeans, kmeans_batched
 from .methods import (METHODS, OPTIONS, CompressionError, compress, compress_block, kmeans_layers, mmd2, neuron_features,
                       neuron_scores, svd_rank_for_width)
-from .saving import restore_compressed, save_compressed
+from ..checkpoints.orbax import restore_compressed, save_compressed
 
 __all__ = ["METHODS", "OPTIONS", "CompressionError", "compress", "compress_block", "kmeans", "kmeans_batched", "kmeans_layers",
            "KMeansResult", "neuron_features", "neuron_scores", "svd_rank_for_width", "mmd2", "param_count",

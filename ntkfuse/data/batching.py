@@ -12,11 +12,11 @@ from typing import Sequence
 import numpy as np
 
 from .readers import DataError, Example
+from .tokenize import tokenize
 
 
 def classification_batch(tok, examples: Sequence[Example], max_length: int) -> dict:
     """`ntkfuse.tokenize` of the texts (padded to the longest), as int32."""
-    from ..checkpoints import tokenize
     texts = [e.text if e.target is None else f"{e.text} {e.target}" for e in examples]
     return {k: np.asarray(v, np.int32) for k, v in tokenize(tok, texts, max_length).items()}
 

@@ -27,6 +27,7 @@ from ..checkpoints import load
 from ..data import DataError, load_examples, make_batch
 from ..files import atomic_write
 from ..models import check_batch, get_mlp
+from ..models.families import get_family
 from . import hashing, keys, reports
 from .device import describe_device
 from .records import timestamp, versions
@@ -35,7 +36,6 @@ from .store import open_store
 KERNEL_KINDS = ("ntk", "sign")
 NTK_PARAMS = ("compressed", "all-mlps", "all")
 OUTPUTS = ("class-prob", "target-logprob")
-DEFAULT_DATA = {"bert": "sample:sentiment", "roberta": "sample:sentiment", "gpt2": "sample:webnlg"}
 DEFAULT_N_INIT = 3  # reference: 30 restarts; 3 keeps the default run well inside 2 minutes on a 2-core CPU
 
 
@@ -208,7 +208,7 @@ def prepare(config: CompareConfig, loaded=None) -> Plan:
         examples = load_examples(data_spec, config.n_examples)
     cfg, params, path, tok = loaded if loaded is not None else load(config.model)
     if data_spec is None:
-        data_spec = DEFAULT_DATA[cfg.family]
+        data_spec = get_family(cfg.family).default_data
         examples = load_examples(data_spec, config.n_examples)
     L, D = cfg.num_layers, cfg.intermediate
     layers = (0,) if config.reference_protocol else (validate.parse_layers(config.layers, error=CompareError)
@@ -540,4 +540,4 @@ def load_result(path: str | Path) -> dict:
 __all__ = ["CompareConfig", "CompareError", "Plan", "prepare", "run", "run_method", "reference_kernels",
            "write_reports", "format_table", "table_rows", "describe", "plot", "load_result",
            "parse_list", "default_layers", "data_summary", "method_key", "open_out_dir", "KMEANS_METHODS", "ROW_FORMAT", "method_options", "config_hash", "method_hash", "default_out_dir",
-           "KERNEL_KINDS", "NTK_PARAMS", "OUTPUTS", "DEFAULT_DATA", "DEFAULT_N_INIT"]
+           "KERNEL_KINDS", "NTK_PARAMS", "OUTPUTS", "DEFAULT_N_INIT"]

@@ -17,6 +17,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 
 from ..data import DataError, Example
+from ..models.families import get_family
 from .tasks import Task
 
 
@@ -46,7 +47,9 @@ def encode(cfg, tok, examples: Sequence[Example], task: Task, max_length: int) -
             raise DataError("some examples have a sentence pair and some do not")
         enc = tok(texts, pairs if pairs[0] is not None else None, padding="max_length", truncation=True,
                   max_length=max_length, return_tensors="np")
-        keep = ("input_ids", "attention_mask") + (("token_type_ids",) if cfg.family == "bert" else ())
+        # segment ids only where the model has more than one token type (BERT; RoBERTa's single type is 0)
+        types = get_family(cfg.family).token_types and cfg.type_vocab_size > 1
+        keep = ("input_ids", "attention_mask") + (("token_type_ids",) if types else ())
         out = {k: np.asarray(enc[k], np.int32) for k in keep if k in enc}
         dtype = np.float32 if task.kind == "regression" else np.int32
         out["labels"] = np.asarray([e.label for e in examples], dtype)

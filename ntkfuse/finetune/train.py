@@ -277,12 +277,20 @@ def peak_memory() -> Optional[int]:
     return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
 
 
-def _prompts(tok, examples, max_length):
+def _prompts(tok, examples, max_length, rows):
+    """Right-padded prompts of exactly (rows, max_length): one shape for every batch, so the
+    decoder compiles once (extra rows repeat the first prompt and are dropped afterwards)."""
     from ..data import Example as Ex
     from ..data import lm_batch
     # A prompt alone: lm_batch scores every token after the first of a target-less example.
     b = lm_batch(tok, [Ex(e.text) for e in examples], max_length)
-    return {"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]}
+    ids, mask = np.asarray(b["input_ids"]), np.asarray(b["attention_mask"])
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    ids = np.pad(ids, ((0, 0), (0, max_length - ids.shape[1])), constant_values=pad)
+    mask = np.pad(mask, ((0, 0), (0, max_length - mask.shape[1])))
+    extra = rows - ids.shape[0]
+    return {"input_ids": np.concatenate([ids, np.repeat(ids[:1], extra, 0)]),
+            "attention_mask": np.concatenate([mask, np.repeat(mask[:1], extra, 0)])}
 
 
 def _generate(cfg, params, tok, examples, tc: TrainConfig):
@@ -291,7 +299,7 @@ def _generate(cfg, params, tok, examples, tc: TrainConfig):
     hyps = []
     for s in range(0, len(examples), tc.eval_batch_size):
         part = examples[s:s + tc.eval_batch_size]
-        g = greedy_decode(cfg, params, _prompts(tok, part, tc.max_length), tc.max_new_tokens,
+        g = greedy_decode(cfg, params, _prompts(tok, part, tc.max_length, tc.eval_batch_size), tc.max_new_tokens,
                           eos_id=tok.eos_token_id, pad_id=tok.pad_token_id)
         toks, lens = np.asarray(g.tokens), np.asarray(g.lengths)
         hyps += [tok.decode(toks[i, :lens[i]], skip_special_tokens=True).strip() for i in range(len(part))]
@@ -349,7 +357,9 @@ def finetune(cfg: ModelConfig, params, tok, train: Sequence[Example], dev: Seque
         params, _ = layerwise_tune(cfg, params, teacher, tb, layers,
                                    TuneConfig(lr=tc.tune_lr, epochs=tc.tune_epochs, progress=progress))
         params = jax.tree_util.tree_map(jnp.array, params)
-    opt_state = tx.init(params)
+    # committed to the device like the params: an uncommitted step count would make the first
+    # train step's output differ in placement from its input and compile the step twice
+    opt_state = jax.device_put(tx.init(params), jax.devices()[0])
     history, start, best, train_s = [], 0, None, 0.0
     if ckpt_dir is not None:
         got = load_state(Path(ckpt_dir), (params, opt_state), tag)

@@ -33,14 +33,25 @@ def attention_bias(attention_mask: Array, causal: bool) -> Array:
     return jnp.where(keep, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
 
 
-def self_attention(p: dict, x: Array, bias: Array, num_heads: int) -> Array:
-    """Multi-head self-attention with a fused qkv projection p["qkv"] (3d × d) and p["out"]."""
+def dropout(x: Array, rate: float, key) -> Array:
+    """Inverted dropout (kept entries scaled by 1/(1-rate), so the mean is unchanged);
+    the identity when `key` is None or `rate` is 0, so inference is untouched."""
+    if key is None or not rate:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros((), x.dtype))
+
+
+def self_attention(p: dict, x: Array, bias: Array, num_heads: int, attention_dropout: float = 0.0,
+                   key=None) -> Array:
+    """Multi-head self-attention with a fused qkv projection p["qkv"] (3d × d) and p["out"];
+    dropout on the attention probabilities (HF's place) when `key` is given."""
     b, t, d = x.shape
     hd = d // num_heads
     qkv = linear(p["qkv"], x).reshape(b, t, 3, num_heads, hd)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
     scores = scores / jnp.sqrt(jnp.float32(hd)) + bias
-    probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
+    probs = dropout(jax.nn.softmax(scores, axis=-1).astype(x.dtype), attention_dropout, key)
     ctx = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, t, d)
     return linear(p["out"], ctx)

@@ -87,7 +87,7 @@ def _cast(tree, dtype):
 
 
 def _dtype(compute_dtype):
-    """The loader's dtype names (`checkpoints.as_dtype`), as a scalar type; None stays None."""
+    """The dtype names of `ntkfuse.dtypes.as_dtype`, as a scalar type; None stays None."""
     if compute_dtype is None:
         return None
     try:

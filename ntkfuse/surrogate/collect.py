@@ -76,6 +76,6 @@ def collect_pairs(cfg: ModelConfig, params: dict, batches: Iterable[dict], layer
 
 def batches_from_texts(tok, texts: Sequence[str], batch_size: int = 32, max_length: int = 128) -> Iterator[dict]:
     """Tokenise `texts` in order, `batch_size` at a time (padding to the longest in each batch)."""
-    from ..checkpoints import tokenize
+    from ..data.tokenize import tokenize
     for i in range(0, len(texts), batch_size):
         yield tokenize(tok, texts[i:i + batch_size], max_length)

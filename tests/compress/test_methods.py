@@ -12,7 +12,7 @@ import ntkfuse
 from ntkfuse import DenseMLP, FusedMLP, LowRankMLP
 from ntkfuse.compress import (METHODS, CompressionError, compress, compress_block, mmd2, neuron_features,
                               neuron_scores, param_count, print_compression_table, svd_rank_for_width)
-from ntkfuse.models.mlp import apply_mlp
+from ntkfuse.models.blocks import apply_mlp
 
 D, d = 32, 8
 FAST = {"fusion": {"n_init": 2}, "cluster": {"n_init": 2}, "mmd": {"steps": 3}}

@@ -235,6 +235,42 @@ def _assert_mlp_io(out, ref, mask, num_layers, name):
     assert max(errs) < TOL, errs
 
 
+# --------------------------------------------------------------------------- family × layer stack × jit
+
+_TINY = {"bert": (_bert_batch, lambda m: bert_mlp_modules(m.bert.encoder)),
+         "roberta": (_roberta_batch, lambda m: bert_mlp_modules(m.roberta.encoder)),
+         "gpt2": (_gpt2_batch, lambda m: gpt2_mlp_modules(m.transformer))}
+
+
+@pytest.mark.parametrize("family", list(_TINY))
+@pytest.mark.parametrize("stack", ["list", "scan"])
+@pytest.mark.parametrize("jit", [True, False], ids=["jit", "eager"])
+def test_tiny_parity_every_stack(request, family, stack, jit):
+    """Logits, every hidden state and every MLP input/output match HF, whichever way the
+    layers run (Python list or lax.scan), jitted or eager."""
+    ck = request.getfixturevalue(f"tiny_{family}")
+    make_batch, mlp_modules = _TINY[family]
+    batch = make_batch()
+    loaded = ntkfuse.load(ck.dir, tokenizer=False)
+    cfg = loaded.cfg.replace(scan_layers=stack == "scan")
+    out = run(cfg, loaded.params, batch) if jit else ntkfuse.forward(cfg, loaded.params, batch, collect=True)
+    ref = hf_forward(ck.model, batch, mlp_modules(ck.model))
+    name = f"tiny {family} [{stack}, {'jit' if jit else 'eager'}]"
+    assert_parity(out, ref, batch["attention_mask"], name, lm=family == "gpt2")
+    _assert_mlp_io(out, ref, batch["attention_mask"], cfg.num_layers, name)
+
+
+def test_minilm_scan_parity(minilm, minilm_batch, minilm_out):
+    """MiniLM's six identical layers as one lax.scan: HF parity, and the list forward's numbers."""
+    loaded, ref_model = minilm
+    out = run(loaded.cfg.replace(scan_layers=True), loaded.params, minilm_batch)
+    ref = hf_forward(ref_model, minilm_batch, bert_mlp_modules(ref_model.encoder))
+    assert_parity(out._replace(logits=None), ref, minilm_batch["attention_mask"], "MiniLM scan")
+    _assert_mlp_io(out, ref, minilm_batch["attention_mask"], loaded.cfg.num_layers, "MiniLM scan")
+    for a, b in zip(jax.tree_util.tree_leaves(out), jax.tree_util.tree_leaves(minilm_out), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
 # --------------------------------------------------------------------------- jit and bfloat16
 
 

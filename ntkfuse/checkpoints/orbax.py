@@ -1,10 +1,10 @@
 """Save and restore (compressed) models with orbax.
 
-A params tree mixes dicts, the Python list of layers and MLP dataclasses whose static
-metadata (FusedMLP.counts) is not an array, so orbax cannot rebuild it alone. We save
-the arrays as a flat dict {"a0": ..., "a1": ...} with orbax and, beside it,
-`ntkfuse.json` holding the tree structure (kinds of MLP blocks, their None fields and
-counts), the ModelConfig, array shapes/dtypes, the user's metadata (method, width,
+A params tree mixes dicts, the Python list of layers and MLP block dataclasses whose
+fixed fields (e.g. FusedMLP.counts) are static metadata, not arrays, so orbax cannot
+rebuild it alone. We save the arrays as a flat dict {"a0": ..., "a1": ...} with orbax
+and, beside it, `ntkfuse.json` holding the tree structure (each block's kind by class
+name, its fields, None ones included, and its fixed fields as JSON), the ModelConfig, array shapes/dtypes, the user's metadata (method, width,
 layers, seed, ...) and the ntkfuse version. Arrays are stored exactly, so a restored
 model gives bit-identical outputs.
 
@@ -23,10 +23,26 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from ..models import MLP_KINDS, ModelConfig
+from ..models import ModelConfig
+from ..models.blocks import MLP_KINDS, fixed_fields
 
-FORMAT = "ntkfuse-compressed/1"
+# /2 stores a block's fixed fields under "fixed"; /1 (read too) had them beside "fields".
+FORMAT = "ntkfuse-compressed/2"
+_READABLE = ("ntkfuse-compressed/1", FORMAT)
 _KINDS = {cls.__name__: cls for cls in MLP_KINDS}
+
+
+def _to_json(v):
+    if isinstance(v, (tuple, list)):
+        return [_to_json(x) for x in v]
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def _from_json(v):
+    """JSON lists back to tuples: fixed metadata must be hashable (it is part of the treedef)."""
+    return tuple(_from_json(x) for x in v) if isinstance(v, list) else v
 
 
 def _encode(node, arrays):
@@ -37,14 +53,11 @@ def _encode(node, arrays):
     if isinstance(node, (list, tuple)):
         return {"t": "list" if isinstance(node, list) else "tuple", "items": [_encode(v, arrays) for v in node]}
     if isinstance(node, MLP_KINDS):
-        fields, meta = {}, {}
-        for f in dataclasses.fields(node):
-            v = getattr(node, f.name)
-            if f.name == "counts":
-                meta["counts"] = [int(c) for c in v]
-            else:
-                fields[f.name] = _encode(v, arrays)
-        return {"t": "mlp", "kind": type(node).__name__, "fields": fields, **meta}
+        fixed = fixed_fields(node)
+        return {"t": "mlp", "kind": type(node).__name__,
+                "fields": {f.name: _encode(getattr(node, f.name), arrays)
+                           for f in dataclasses.fields(node) if f.name not in fixed},
+                "fixed": {name: _to_json(getattr(node, name)) for name in fixed}}
     if hasattr(node, "shape") and hasattr(node, "dtype"):
         name = f"a{len(arrays)}"
         arrays[name] = node
@@ -66,8 +79,8 @@ def _decode(spec, arrays):
         if cls is None:
             raise ValueError(f"unknown MLP kind {spec['kind']!r} in checkpoint; known: {', '.join(_KINDS)}")
         kw = {k: _decode(v, arrays) for k, v in spec["fields"].items()}
-        if "counts" in spec:
-            kw["counts"] = tuple(spec["counts"])
+        fixed = spec.get("fixed", spec)   # format /1 kept fixed fields beside "fields"
+        kw.update({name: _from_json(fixed[name]) for name in fixed_fields(cls)})
         return cls(**kw)
     if t == "array":
         return arrays[spec["name"]]
@@ -130,8 +143,8 @@ def restore_compressed(path):
     if not info_file.exists():
         raise FileNotFoundError(f"{path} is not an ntkfuse compressed checkpoint (no ntkfuse.json)")
     info = json.loads(info_file.read_text())
-    if info.get("format") != FORMAT:
-        raise ValueError(f"{path}: unsupported format {info.get('format')!r}; expected {FORMAT}")
+    if info.get("format") not in _READABLE:
+        raise ValueError(f"{path}: unsupported format {info.get('format')!r}; expected one of {', '.join(_READABLE)}")
     target = _abstract(info["tree"], {})
     with ocp.StandardCheckpointer() as ckptr:
         arrays = ckptr.restore(path / "arrays", target)

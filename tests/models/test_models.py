@@ -168,10 +168,10 @@ def test_padding_content_is_ignored(family):
 
 
 def test_roberta_position_ids_skip_padding():
-    from ntkfuse.models.bert import position_ids
+    from ntkfuse.models.families.bert import roberta_position_ids
     cfg = tiny_cfg("roberta")
     ids = jnp.array([[0, 5, 6, 2, 1, 1], [0, 7, 1, 8, 2, 1]])
-    np.testing.assert_array_equal(np.asarray(position_ids(cfg, ids, None)),
+    np.testing.assert_array_equal(np.asarray(roberta_position_ids(cfg, ids)),
                                   [[2, 3, 4, 5, 1, 1], [2, 3, 1, 4, 5, 1]])
 
 

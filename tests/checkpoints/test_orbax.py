@@ -62,3 +62,33 @@ def test_save_errors(model, tmp_path):
     assert [x.name for x in tmp_path.iterdir() if x.name.startswith(".")] == []   # no temp dirs left
     with pytest.raises(FileNotFoundError, match="ntkfuse.json"):
         restore_compressed(tmp_path)
+
+
+def test_fixed_fields_stored_as_json_and_format_1_still_reads(model, tmp_path):
+    """Fixed block fields (FusedMLP.counts) go under "fixed" as JSON; a checkpoint written in
+    format /1 (fixed fields beside "fields") restores to the same tree."""
+    from ntkfuse.models.blocks import fixed_fields
+    cfg, p, batch = model
+    path = save_compressed(tmp_path / "ckpt", cfg, p, {})
+    info = json.loads((path / "ntkfuse.json").read_text())
+    spec = info["tree"]["items"]["layers"]["items"][2]["items"]["mlp"]
+    assert spec["kind"] == "FusedMLP" and tuple(spec["fixed"]) == fixed_fields(FusedMLP) == ("counts",)
+    assert spec["fixed"]["counts"] == list(p["layers"][2]["mlp"].counts) and "counts" not in spec["fields"]
+    assert info["tree"]["items"]["layers"]["items"][1]["items"]["mlp"]["fixed"] == {}   # LowRankMLP has none
+    for layer in info["tree"]["items"]["layers"]["items"]:   # rewrite as format /1
+        mlp = layer["items"]["mlp"]
+        mlp.update(mlp.pop("fixed"))
+    info["format"] = "ntkfuse-compressed/1"
+    (path / "ntkfuse.json").write_text(json.dumps(info))
+    _, p1, _ = restore_compressed(path)
+    assert jax.tree_util.tree_structure(p1) == jax.tree_util.tree_structure(p)
+    info["format"] = "ntkfuse-compressed/0"
+    (path / "ntkfuse.json").write_text(json.dumps(info))
+    with pytest.raises(ValueError, match="unsupported format"):
+        restore_compressed(path)
+
+
+def test_compress_package_reexports_orbax_functions():
+    import ntkfuse.checkpoints as ck
+    import ntkfuse.compress as cp
+    assert cp.save_compressed is ck.save_compressed and cp.restore_compressed is ck.restore_compressed

@@ -1,0 +1,13 @@
+"""Texts -> a numpy batch with the checkpoint's own tokenizer."""
+from __future__ import annotations
+
+from typing import Iterable, Optional
+
+import numpy as np
+
+
+def tokenize(tok, texts: Iterable[str], max_length: int = 128, pad_to: Optional[int] = None) -> dict:
+    """Batch as numpy arrays: input_ids, attention_mask (and token_type_ids when the tokenizer makes them)."""
+    enc = tok(list(texts), padding="max_length" if pad_to else "longest", truncation=True,
+              max_length=pad_to or max_length, return_tensors="np")
+    return {k: np.asarray(v) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
