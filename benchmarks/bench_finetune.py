@@ -83,33 +83,14 @@ def model_config(model: str, small: bool):
     return ModelConfig.from_hf_config(hf.to_dict(), name=f"{model}{'-small' if small else ''}")
 
 
-def _cast_floats(tree, dtype):
-    import jax
-    import jax.numpy as jnp
-    return jax.tree_util.tree_map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
-
-
 def make_step(cfg, task_kind: str, tc, total: int, dtype: str):
-    """(optimizer, jitted step(params, opt_state, batch, rng) -> (params, opt_state, metrics))."""
+    """(optimizer, the library's jitted train step) with the row's compute dtype."""
     from ntkfuse.finetune import train
-    if dtype == "fp32":
-        tx, step, _ = train.steps(cfg, task_kind, tc, total)
-        return tx, step
-    import jax
-    import jax.numpy as jnp
-    import optax
-    from ntkfuse.finetune import optim
-    tx = optim.optimizer(tc, total)
+    tx, step, _ = train.steps(cfg, task_kind, tc.replace(compute_dtype=COMPUTE[dtype]), total)
+    return tx, step
 
-    def mixed_loss(params, batch, rng):
-        return train.loss(cfg, task_kind, _cast_floats(params, jnp.bfloat16), batch, rng)
 
-    def step(params, opt_state, batch, rng):
-        val, g = jax.value_and_grad(mixed_loss)(params, batch, rng)
-        upd, opt_state = tx.update(g, opt_state, params)
-        return optax.apply_updates(params, upd), opt_state, {"loss": val}
-
-    return tx, jax.jit(step, donate_argnums=(0, 1))
+COMPUTE = {"fp32": "float32", "bf16": "bfloat16"}
 
 
 def run_row(spec: dict) -> dict:
@@ -146,7 +127,7 @@ def _run_row(spec: dict) -> dict:
     b, t = spec["batch"], spec["seq"]
     total = max(spec["warmup"], 1) + spec["steps"]    # the first step (compilation) is always untimed
     tc = TrainConfig(lr=2e-5, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.1, warmup=0.06, clip=1.0,
-                     batch_size=b, max_length=t)
+                     batch_size=b, max_length=t, prng_impl=spec.get("prng", "rbg"))
     tx, step = make_step(cfg, task_kind, tc, total, spec["dtype"])
     # Committed to the device like the step's outputs: an uncommitted leaf (optax's step count)
     # would make the second call compile again.
@@ -159,7 +140,15 @@ def _run_row(spec: dict) -> dict:
     else:
         batch["labels"] = rng.integers(0, 2, (b,)).astype(np.int32)
     batch = jax.device_put(batch, dev)
-    keys = list(jax.device_put(jax.random.split(jax.random.PRNGKey(spec["seed"]), total), dev))
+    from ntkfuse.finetune.train import dropout_key
+    keys = list(jax.device_put(jax.random.split(dropout_key(tc.replace(seed=spec["seed"])), total), dev))
+    if spec.get("no_dropout"):
+        keys = [None] * total
+    # The step's own footprint (arguments + temporaries + outputs not aliased to donated inputs),
+    # from XLA's buffer assignment: unlike the process peak it excludes compile-time autotuning.
+    mem = step.lower(params, opt_state, batch, keys[0]).compile().memory_analysis()
+    step_bytes = None if mem is None else int(mem.argument_size_in_bytes + mem.temp_size_in_bytes
+                                              + mem.output_size_in_bytes - mem.alias_size_in_bytes)
     n_params = int(sum(x.size for x in jax.tree_util.tree_leaves(params)))
     state = {"params": params, "opt": opt_state, "i": 0}
     del params, opt_state            # donated at the first step: only `state` holds them
@@ -176,7 +165,9 @@ def _run_row(spec: dict) -> dict:
             "trainable_params": n_params, "median_step_s": timing.median_s,
             "tokens_per_s": harness.rate(b * t, timing.median_s), "first_step_s": timing.first_s,
             "times_s": timing.times, "final_loss": float(timing.out[2]["loss"]),
-            "peak_mem_gb": None if peak is None else peak / GiB, "build_s": build_s}
+            "peak_mem_gb": None if peak is None else peak / GiB,
+            "step_mem_gb": None if step_bytes is None else step_bytes / GiB, "build_s": build_s,
+            "prng": tc.prng_impl, "dropout": not spec.get("no_dropout", False)}
 
 
 # ----------------------------------------------------------------------------- driver
@@ -268,6 +259,9 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=None, help="timed steps, default 20 (3 --small)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scan", action="store_true", help="run the layer stack as lax.scan (cfg.scan_layers)")
+    ap.add_argument("--prng", default="rbg", help="PRNG of the dropout masks: rbg (default), unsafe_rbg, "
+                                                  "threefry2x32 (TrainConfig.prng_impl)")
+    ap.add_argument("--no-dropout", action="store_true", help="no dropout (diagnosis: the RNG's share of a step)")
     ap.add_argument("--peer", default=None, help="path of torch_finetune_baseline.py, or 'none' "
                                                  "(default: found under shared/; none with --small)")
     harness.add_small(ap, "CPU smoke test: 1-layer tiny models, batch 2 x 16, fp32, full and fusion, "
@@ -293,6 +287,8 @@ def main(argv=None):
     kinds = [k for k in args.kinds.split(",") if k]
     for name, values, known in (("model", models, MODELS), ("dtype", dtypes, DTYPES), ("kind", kinds, KINDS)):
         harness.check_choices(name, values, known)
+    from ntkfuse.finetune.train import PRNG_IMPLS
+    harness.check_choices("prng", [args.prng], PRNG_IMPLS)
     if "full" not in kinds:
         kinds.insert(0, "full")   # savings are relative to the full model
     for name in ("seq", "width", "steps"):
@@ -313,7 +309,8 @@ def main(argv=None):
               "settings": {"seq": args.seq, "layers": layers, "width": args.width, "warmup": args.warmup,
                            "steps": args.steps, "seed": args.seed, "scan_layers": args.scan,
                            "peer": None if peer is None else str(peer),
-                           "bf16": "fp32 master params cast to bfloat16 inside the jitted step",
+                           "bf16": "TrainConfig(compute_dtype='bfloat16'): fp32 master params cast to bfloat16 "
+                                   "inside the jitted step", "prng": args.prng, "dropout": not args.no_dropout,
                            "fp32": "jax_default_matmul_precision=highest (no TF32)"},
               "comparable_with_peer": comparable, "results": []}
     with tempfile.TemporaryDirectory() as tmp:
@@ -324,13 +321,15 @@ def main(argv=None):
                 for kind in kinds:
                     spec = {"model": model, "dtype": dtype, "kind": kind, "small": small, "batch": batch,
                             "seq": args.seq, "layers": layers, "width": args.width, "warmup": args.warmup,
-                            "steps": args.steps, "seed": args.seed, "scan": args.scan}
+                            "steps": args.steps, "seed": args.seed, "scan": args.scan, "prng": args.prng,
+                            "no_dropout": args.no_dropout}
                     # A fresh process per row keeps device peaks apart; --small (CPU, no peak) saves the starts.
                     ours[kind] = run_row(spec) if small else _subprocess_row(spec)
                     r = ours[kind]
                     mem = "n/a" if r["peak_mem_gb"] is None else f"{r['peak_mem_gb']:.2f} GiB"
+                    step_mem = "n/a" if r.get("step_mem_gb") is None else f"{r['step_mem_gb']:.2f} GiB"
                     print(f"ntkfuse {model} {dtype} {kind}: {1e3 * r['median_step_s']:.1f} ms/step, "
-                          f"{r['tokens_per_s']:.0f} tok/s, peak {mem}", flush=True)
+                          f"{r['tokens_per_s']:.0f} tok/s, peak {mem} (step {step_mem})", flush=True)
                 peer_res = run_peer(peer, args, model, dtype, batch, Path(tmp)) if peer else None
                 entry = {"model": model, "dtype": dtype, "batch": batch, "seq": args.seq, "ntkfuse": ours,
                          "peer": peer_res, **compare(ours, peer_res, dtype, comparable)}

@@ -20,7 +20,7 @@ import optax
 
 from ..data import DataError, Example, check_labels
 from ..models import ModelConfig, check_batch, forward
-from ..validate import check_positive
+from ..validate import check_choice, check_positive
 from . import optim
 from .batches import batches, bucket_lengths, encode, num_batches
 from .tasks import FinetuneError, Task, check_head
@@ -49,6 +49,12 @@ class TrainConfig:
     tune_lr: float = 1e-4
     generate: bool = True           # generation tasks: greedy-decode the dev set each epoch
     max_new_tokens: int = 40
+    # "bfloat16": float32 master params cast to bf16 inside the step (forward and backward in
+    # bf16 as torch.autocast; LayerNorm statistics, softmax, loss and AdamW stay float32)
+    compute_dtype: str = "float32"
+    # PRNG of the dropout masks: "rbg" (XLA's RngBitGenerator, fast on accelerators; threefry
+    # costs milliseconds per step for ~10⁸ mask bits) or "threefry2x32" (JAX's default)
+    prng_impl: str = "rbg"
 
     def __post_init__(self):
         check(self)
@@ -77,7 +83,26 @@ def check(tc: TrainConfig) -> TrainConfig:
         check_positive("clip", tc.clip, error=e)
     if tc.max_length < 2:
         raise FinetuneError(f"max_length must be >= 2, got {tc.max_length}")
+    check_choice("compute_dtype", tc.compute_dtype, COMPUTE_DTYPES, error=e)
+    check_choice("prng_impl", tc.prng_impl, PRNG_IMPLS, error=e)
     return tc
+
+
+COMPUTE_DTYPES = ("float32", "bfloat16")
+PRNG_IMPLS = ("rbg", "unsafe_rbg", "threefry2x32")
+
+
+def _compute(params, compute_dtype: str):
+    """Floating leaves cast to the compute dtype (inside the grad: gradients reach the float32 masters)."""
+    if compute_dtype == "float32":
+        return params
+    dt = jnp.dtype(compute_dtype)
+    return jax.tree_util.tree_map(lambda a: a.astype(dt) if jnp.issubdtype(a.dtype, jnp.floating) else a, params)
+
+
+def dropout_key(tc: "TrainConfig"):
+    """The root key of the dropout masks (typed, of `tc.prng_impl`)."""
+    return jax.random.key(tc.seed, impl=tc.prng_impl)
 
 
 # --------------------------------------------------------------------------- losses
@@ -131,13 +156,16 @@ def steps(cfg: ModelConfig, kind: str, tc: TrainConfig, total_steps: int):
     donates params and opt_state; eval_step(params, batch) -> per-row outputs."""
     tx = optim.optimizer(tc, total_steps)
 
+    def mixed_loss(params, batch, rng):
+        return loss(cfg, kind, _compute(params, tc.compute_dtype), batch, rng)
+
     def train_step(params, opt_state, batch, rng):
-        val, g = jax.value_and_grad(functools.partial(loss, cfg, kind))(params, batch, rng)
+        val, g = jax.value_and_grad(mixed_loss)(params, batch, rng)
         upd, opt_state = tx.update(g, opt_state, params)
         return optax.apply_updates(params, upd), opt_state, {"loss": val, "grad_norm": optax.tree.norm(g)}
 
     train = jax.jit(train_step, donate_argnums=(0, 1))
-    evaluate = jax.jit(functools.partial(eval_outputs, cfg, kind))
+    evaluate = jax.jit(lambda params, batch: eval_outputs(cfg, kind, _compute(params, tc.compute_dtype), batch))
     return tx, train, evaluate
 
 
@@ -368,7 +396,7 @@ def finetune(cfg: ModelConfig, params, tok, train: Sequence[Example], dev: Seque
             history, train_s = info["history"], info.get("train_s", 0.0)
             log(f"resumed from {ckpt_dir} after epoch {start}")
     from tqdm.auto import tqdm
-    key = jax.random.PRNGKey(tc.seed)
+    key = dropout_key(tc)
     for epoch in range(start + 1, tc.epochs + 1):
         t0 = time.perf_counter()
         order = np.random.default_rng([tc.seed, epoch]).permutation(len(train))
