@@ -26,6 +26,7 @@ import numpy as np
 from ..models import ModelConfig, check_batch
 from ..models.blocks import apply_mlp
 from ..models.layers import attention_bias, layer_norm, linear
+from ..models.families import get_family
 
 Array = jax.Array
 
@@ -138,8 +139,10 @@ def greedy_decode(cfg: ModelConfig, params: dict, batch: dict, max_new_tokens: i
     at `eos_id` (None: never) and the loop once every row has stopped. Tokens after a row's
     EOS are `pad_id` (default: `eos_id`, else 0), as HF `generate` pads them.
     Equals HF `GPT2LMHeadModel.generate(do_sample=False, num_beams=1)` token for token."""
-    if cfg.family != "gpt2" or cfg.head != "lm":
-        raise DecodeError(f"greedy decoding needs a GPT-2 language model (family gpt2, head lm); "
+    # The cached step below is the decoder layer of the registry's decoder families (GPT-2's
+    # pre-LN layer with learned positions); a family with another layer brings its own step.
+    if not get_family(cfg.family).is_decoder or cfg.head != "lm":
+        raise DecodeError(f"greedy decoding needs a decoder language model (head lm); "
                           f"got family {cfg.family!r}, head {cfg.head!r}")
     if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
         raise DecodeError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")

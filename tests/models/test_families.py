@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -119,3 +120,20 @@ def test_init_is_the_family_init(family):
     assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
     assert ("token_type" in a["embed"]) == get_family(family).token_types
     assert ("ln_f" in a) == get_family(family).is_decoder
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("rows", [1, 2, 514, 5000])
+def test_embed_lookup_is_the_gather_exactly(rows, dtype):
+    """Small tables go through a one-hot matmul (a matmul gradient instead of a colliding
+    scatter-add); it must equal the gather bit for bit, and so must its gradient in value."""
+    from ntkfuse.models.layers import embed_lookup
+    rng = np.random.default_rng(rows)
+    table = jnp.asarray(rng.normal(size=(rows, 24)), dtype)
+    ids = jnp.asarray(rng.integers(0, rows, (3, 7)), jnp.int32)
+    np.testing.assert_array_equal(np.asarray(embed_lookup(table, ids), np.float32),
+                                  np.asarray(table[ids], np.float32))
+    ct = jnp.asarray(rng.normal(size=(3, 7, 24)), jnp.float32)
+    g1 = jax.grad(lambda t: jnp.sum(embed_lookup(t, ids).astype(jnp.float32) * ct))(table.astype(jnp.float32))
+    g2 = jax.grad(lambda t: jnp.sum(t[ids] * ct))(table.astype(jnp.float32))
+    np.testing.assert_allclose(np.asarray(g1), np.asarray(g2), rtol=1e-6, atol=1e-6)

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..blocks import DenseMLP, apply_mlp
-from ..layers import attention_bias, dropout, layer_norm, linear, self_attention
+from ..layers import attention_bias, dropout, embed_lookup, layer_norm, linear, self_attention
 from ..outputs import ModelOutput
 from ..stack import run_layers
 from .common import (ATTN_OUT, ATTN_PROBS, EMBED, HEAD, LAYERS, MLP_OUT, embed_rate, head_rate, hf_activation,
@@ -56,7 +56,8 @@ def _forward(position_ids, head):
         if tt is None:
             tt = jnp.zeros_like(ids)
         eps = cfg.layer_norm_eps
-        h = layer_norm(p["ln"], p["word"][ids] + p["position"][pos] + p["token_type"][tt], eps)
+        h = layer_norm(p["ln"], p["word"][ids] + embed_lookup(p["position"], pos) + embed_lookup(p["token_type"], tt),
+                       eps)
         h = dropout(h, embed_rate(cfg), site_key(rng, EMBED))
         bias = attention_bias(mask, causal=False)
 

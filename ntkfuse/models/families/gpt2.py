@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 
 from ..blocks import DenseMLP, apply_mlp
-from ..layers import attention_bias, dropout, layer_norm, self_attention
+from ..layers import attention_bias, dropout, embed_lookup, layer_norm, self_attention
 from ..outputs import ModelOutput
 from ..stack import run_layers
 from .common import (ATTN_OUT, ATTN_PROBS, EMBED, LAYERS, MLP_OUT, embed_rate, hf_activation, hf_linear, hf_ln, hf_num_labels,
@@ -22,7 +22,7 @@ def forward(cfg, params: dict, batch: dict, collect: bool = False, rng=None) -> 
     if pos is None:  # HF's default: 0..T-1 whatever the padding (pad on the right).
         pos = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
     p = params["embed"]
-    h = p["word"][ids] + p["position"][pos]
+    h = p["word"][ids] + embed_lookup(p["position"], pos)
     h = dropout(h, embed_rate(cfg), site_key(rng, EMBED))
     bias = attention_bias(mask, causal=True)
     eps = cfg.layer_norm_eps
