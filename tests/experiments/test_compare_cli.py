@@ -21,8 +21,10 @@ def _cli(capsys, *args):
 
 
 def _tiny_args(model_dir, out, methods="fusion,prune", *extra):
+    """One seed (one row per method) unless `extra` names seeds itself."""
+    seeds = [] if {"--seed", "--seeds", "--repeats"} & set(map(str, extra)) else ["--seeds", "0"]
     return ["--model", model_dir, "--methods", methods, "--layers", "1-2", "--width", "16", "--n-examples", "6",
-            "--max-length", "16", "--n-init", "1", "--out", out, *extra]
+            "--max-length", "16", "--n-init", "1", "--out", out, *seeds, *extra]
 
 
 def _check_outputs(out: Path, methods):
@@ -67,11 +69,11 @@ def test_cli_end_to_end_tiny_roberta_and_resume(tiny_models, tmp_path, capsys, m
     def boom(*a, **k):
         raise AssertionError("compress called on resume")
     monkeypatch.setattr(C, "compress", boom)
-    before = (out / "methods" / "fusion.json").read_text()
+    before = (out / "methods" / "fusion__0.json").read_text()   # a random method's row id is (method, seed)
     rc, stdout, err = _cli(capsys, *_tiny_args(tiny_models["roberta"], out))
     assert rc == 0, err
     assert "reused methods: fusion, prune" in stdout
-    assert (out / "methods" / "fusion.json").read_text() == before
+    assert (out / "methods" / "fusion__0.json").read_text() == before
     res2 = json.loads((out / "results.json").read_text())
     assert [r["ntk_rel"] for r in res2["results"]] == [r["ntk_rel"] for r in res["results"]]
     monkeypatch.undo()
@@ -86,7 +88,7 @@ def test_cli_end_to_end_tiny_roberta_and_resume(tiny_models, tmp_path, capsys, m
                                                 "sketch.keep=4"))
     assert rc == 0, err
     assert "reused methods: fusion)" in stdout
-    assert json.loads((out / "methods" / "sketch.json").read_text())["options"] == {"keep": 4}
+    assert json.loads((out / "methods" / "sketch__0.json").read_text())["options"] == {"keep": 4}
 
     # A different configuration in the same directory is refused (unless --fresh).
     rc, _, err = _cli(capsys, *_tiny_args(tiny_models["roberta"], out, "prune", "--seed", "1"))
@@ -154,7 +156,7 @@ def test_recipe_is_overridden_by_flags(tiny_models, tmp_path, capsys):
     rc, _, err = _cli(capsys, "--recipe", recipe, "--model", tiny_models["roberta"], "--layers", "1-2", "--out", out)
     assert rc == 0, err
     c = json.loads((out / "results.json").read_text())["config"]
-    assert (c["layers"], c["width"], c["seed"], c["methods"], c["n_examples"]) == ([1, 2], 16, 5, ["sketch"], 6)
+    assert (c["layers"], c["width"], c["seeds"], c["methods"], c["n_examples"]) == ([1, 2], 16, [5], ["sketch"], 6)
     bad = tmp_path / "bad.py"
     bad.write_text("def get_config():\n    return dict(widht=3)\n")
     rc, _, err = _cli(capsys, "--recipe", bad)
