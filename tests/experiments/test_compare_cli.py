@@ -90,10 +90,13 @@ def test_cli_end_to_end_tiny_roberta_and_resume(tiny_models, tmp_path, capsys, m
     assert "reused methods: fusion)" in stdout
     assert json.loads((out / "methods" / "sketch__0.json").read_text())["options"] == {"keep": 4}
 
+    # Another seed is no other configuration: its rows join the directory (seeds are row ids).
+    rc, stdout, err = _cli(capsys, *_tiny_args(tiny_models["roberta"], out, "prune", "--seed", "1"))
+    assert rc == 0 and "reused methods: prune" in stdout, err
     # A different configuration in the same directory is refused (unless --fresh).
-    rc, _, err = _cli(capsys, *_tiny_args(tiny_models["roberta"], out, "prune", "--seed", "1"))
+    rc, _, err = _cli(capsys, *_tiny_args(tiny_models["roberta"], out, "prune", "--width", "8"))
     assert rc == 2 and "different configuration" in err and "Traceback" not in err
-    rc, stdout, err = _cli(capsys, *_tiny_args(tiny_models["roberta"], out, "prune", "--seed", "1", "--fresh"))
+    rc, stdout, err = _cli(capsys, *_tiny_args(tiny_models["roberta"], out, "prune", "--width", "8", "--fresh"))
     assert rc == 0, err
     assert "reused methods: none" in stdout
     assert sorted(p.name for p in (out / "methods").iterdir()) == ["prune.json"]
@@ -170,6 +173,8 @@ def test_shipped_recipes_parse():
     assert (r["model"], r["layers"], r["width"], r["data"]) == ("roberta-base", "4-11", 768, "glue/sst2:validation")
     g = load_recipe(root / "gpt2_webnlg.py")
     assert (g["model"], g["layers"], g["width"], g["output"]) == ("gpt2", "4-11", 768, "target-logprob")
+    p = load_recipe(root / "protocols.py")
+    assert (p["protocols"], p["seeds"]) == ("reference,multi-layer", (0, 1, 2))
 
 
 def test_render_summarises_runs(tiny_models, tmp_path, capsys):
