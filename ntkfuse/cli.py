@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     a("--repeats", type=int, help="N seeds 0..N-1 (same as --seeds 0-(N-1))")
     a("--seed", type=int, help="one seed only (same as --seeds SEED)")
     a("--per-layer", action=argparse.BooleanOptionalAction, default=None,
-      help="per-layer kernel errors of the compressed layers (default on)")
+      help="per-layer kernel errors of the compressed layers (default off: it multiplies kernel compilations)")
     a("--task-examples", type=int, help="labelled examples for kernel classification accuracy (default 100; 0: off)")
     a("--task-folds", type=int, help="cross-validation folds of kernel classification (default 5)")
     a("--protocols", help="run several protocols and render them side by side: 'reference,multi-layer' "

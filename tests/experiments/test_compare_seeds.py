@@ -111,7 +111,7 @@ def test_per_layer_kernels_sum_to_full_and_rows_equal_direct_measures(tiny_model
     from ntkfuse import ntk
     plan = compare.prepare(compare.CompareConfig(model=str(tiny_models["roberta"]), methods=("prune",),
                                                  layers=(1, 2), width=16, n_examples=6, max_length=16,
-                                                 task_examples=20, task_folds=4, seeds=(0,)))
+                                                 task_examples=20, task_folds=4, seeds=(0,), per_layer=True))
     assert plan.per_layer and plan.task_batch is not None and len(plan.task_labels) == 20
     K_ref = compare.reference_kernels(plan, None)
     # The vanilla NTK is additive over parameter blocks.
@@ -132,7 +132,7 @@ def test_per_layer_kernels_sum_to_full_and_rows_equal_direct_measures(tiny_model
 
 def test_lm_without_labels_skips_kernel_classification_with_a_note(tiny_models):
     plan = compare.prepare(compare.CompareConfig(model=str(tiny_models["gpt2"]), methods=("prune",), layers=(1,),
-                                                 width=16, n_examples=4, max_length=16, seeds=(0,)))
+                                                 width=16, n_examples=4, max_length=16, seeds=(0,), per_layer=True))
     assert plan.task_batch is None and "has no labels" in plan.task_note
     assert not plan.per_layer   # one compressed layer: its kernel is the full kernel
 
@@ -142,7 +142,8 @@ def test_lm_without_labels_skips_kernel_classification_with_a_note(tiny_models):
 
 def test_cli_seeds_rows_csv_resume_per_method_and_seed(tiny_models, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
-    rc, stdout, err = _cli(capsys, *_args(tiny_models["roberta"], out, "sketch,prune", "--seeds", "0,1"))
+    rc, stdout, err = _cli(capsys, *_args(tiny_models["roberta"], out, "sketch,prune", "--seeds", "0,1",
+                                          "--per-layer"))
     assert rc == 0, err
     res = json.loads((out / "results.json").read_text())
     assert [(r["method"], r["seed"]) for r in res["results"]] == [("sketch", 0), ("sketch", 1), ("prune", None)]
@@ -173,7 +174,8 @@ def test_cli_seeds_rows_csv_resume_per_method_and_seed(tiny_models, tmp_path, ca
     real = C.compress
     calls = []
     monkeypatch.setattr(C, "compress", lambda cfg, p, m, *a, **k: calls.append((m, a[2])) or real(cfg, p, m, *a, **k))
-    rc, stdout, err = _cli(capsys, *_args(tiny_models["roberta"], out, "sketch,prune", "--repeats", "3"))
+    rc, stdout, err = _cli(capsys, *_args(tiny_models["roberta"], out, "sketch,prune", "--repeats", "3",
+                                          "--per-layer"))
     assert rc == 0, err
     assert len(calls) == 1 and calls[0][0] == "sketch"
     assert "reused methods: sketch@0, sketch@1, prune" in stdout
