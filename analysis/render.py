@@ -2,9 +2,11 @@
 
     python analysis/render.py results/ntk_compare/minilm-1a2b3c4d [MORE_DIRS...] [--out DIR]
 
-Writes DIR/summary.md (one table per run, plus a side-by-side table of the relative
-NTK errors when several runs are given) and DIR/summary.png (bar charts, one colour
-per run); prints the markdown. DIR defaults to the first result directory.
+Writes DIR/summary.md (each run's tables, mean ± std over seeds, and its verdicts, plus
+a side-by-side table when several runs are given), DIR/summary.png (bar charts with
+one-std error bars, one colour per run) and DIR/spectra_<i>.png (kernel eigenvalues of
+run i); prints the markdown. DIR defaults to the first result directory. Result
+directories written before seeds existed render as one-seed runs.
 """
 from __future__ import annotations
 
@@ -12,31 +14,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from ntkfuse.experiments.compare import KERNEL_KINDS, CompareError, describe, format_table, load_result, plot
+from ntkfuse.experiments.compare import (CompareError, describe, format_tables, load_result, plot, plot_spectra,
+                                         side_by_side)
 from ntkfuse.files import atomic_write
 
 
 def label(result: dict) -> str:
     c = result["config"]
-    return f"{Path(str(c['model']).rstrip('/')).name} ({result['data']['spec']})"
-
-
-def side_by_side(results, labels) -> str:
-    """Methods as rows, one column per run and measure: the layout of the paper's tables."""
-    measures = [(f"{k}_rel", "NTK rel" if k == "ntk" else "sign NTK rel") for k in KERNEL_KINDS]
-    measures += [("out_err_layer", "out err")]
-    head = ["method"] + [f"{lab}: {name}" for lab in labels for _, name in measures]
-    methods = []
-    for r in results:
-        methods += [row["method"] for row in r["results"] if row["method"] not in methods]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    for m in methods:
-        cells = [m]
-        for r in results:
-            row = next((x for x in r["results"] if x["method"] == m), {})
-            cells += ["-" if row.get(key) is None else f"{row[key]:.4g}" for key, _ in measures]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    proto = ", layer 0" if c.get("reference_protocol") else ""
+    return f"{Path(str(c['model']).rstrip('/')).name} ({result['data']['spec']}{proto})"
 
 
 def render(dirs, out=None) -> str:
@@ -44,7 +30,7 @@ def render(dirs, out=None) -> str:
     labels = [label(r) for r in results]
     parts = ["# NTK comparison of MLP compression methods\n"]
     for r, lab in zip(results, labels):
-        parts.append(f"## {lab}\n\n{describe(r)}\n\n{format_table(r, markdown=True)}\n")
+        parts.append(f"## {lab}\n\n{describe(r)}\n\n{format_tables(r, markdown=True)}\n")
     if len(results) > 1:
         parts.append(f"## Side by side\n\n{side_by_side(results, labels)}\n")
     text = "\n".join(parts)
@@ -52,6 +38,9 @@ def render(dirs, out=None) -> str:
     out = Path(out) if out else (first.parent if first.is_file() else first)
     atomic_write(out / "summary.md", text)
     plot(results, out / "summary.png", labels)
+    for i, r in enumerate(results):
+        if any(k.endswith("_spectrum") for k in r.get("reference", {})):
+            plot_spectra(r, out / f"spectra_{i}.png")
     return text
 
 

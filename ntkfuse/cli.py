@@ -36,7 +36,16 @@ def _parser() -> argparse.ArgumentParser:
     a("--max-length", type=int, help="max tokens per example (default 64)")
     a("--data", help="sample:sentiment | sample:webnlg | a local .tsv/.csv/.jsonl file | a HF dataset "
                      "'name[/config][:split]' such as glue/sst2 (needs `datasets` and the hub)")
-    a("--seed", type=int, help="PRNG seed (default 0)")
+    a("--seeds", help="seeds of the random methods (fusion, cluster, sketch, mmd): '0,1,2' or '0-4' "
+                      "(default 0,1,2); deterministic methods run once")
+    a("--repeats", type=int, help="N seeds 0..N-1 (same as --seeds 0-(N-1))")
+    a("--seed", type=int, help="one seed only (same as --seeds SEED)")
+    a("--per-layer", action=argparse.BooleanOptionalAction, default=None,
+      help="per-layer kernel errors of the compressed layers (default off: it multiplies kernel compilations)")
+    a("--task-examples", type=int, help="labelled examples for kernel classification accuracy (default 100; 0: off)")
+    a("--task-folds", type=int, help="cross-validation folds of kernel classification (default 5)")
+    a("--protocols", help="run several protocols and render them side by side: 'reference,multi-layer' "
+                          "(reference = layer 0 only; multi-layer = --layers or the default layers)")
     a("--output", help="scalar output: class-prob (encoders' default) or target-logprob (GPT-2's default)")
     a("--class-index", type=int, help="class c of class-prob = softmax(logits)[c] (default 0, as the reference)")
     a("--reduction", help="target-logprob over target tokens: sum (default) or mean")
@@ -56,7 +65,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 _FLAG_FIELDS = ("model", "methods", "layers", "width", "ntk_params", "kernel", "n_examples", "max_length", "data",
-                "seed", "output", "class_index", "reduction", "n_init", "reference_protocol", "chunk")
+                "seeds", "output", "class_index", "reduction", "n_init", "reference_protocol", "chunk", "per_layer",
+                "task_examples", "task_folds")
 
 
 def load_recipe(path: str) -> dict:
@@ -75,7 +85,7 @@ def load_recipe(path: str) -> dict:
     if not callable(getattr(mod, "get_config", None)):
         raise CompareError(f"recipe {p}: defines no get_config()")
     cfg = dict(mod.get_config())
-    known = {f.name for f in dataclasses.fields(CompareConfig)} | {"out"}
+    known = {f.name for f in dataclasses.fields(CompareConfig)} | {"out", "seed", "protocols"}
     bad = sorted(set(cfg) - known)
     if bad:
         raise CompareError(f"recipe {p}: unknown settings {', '.join(bad)}; known: {', '.join(sorted(known))}")
@@ -87,12 +97,25 @@ def build_config(args: argparse.Namespace):
     from .experiments.compare import CompareConfig, CompareError, parse_list
     from .validate import parse_layers
     settings = load_recipe(args.recipe) if args.recipe else {}
+    if "seed" in settings:                      # recipes may name one seed
+        settings.setdefault("seeds", (settings.pop("seed"),))
+    given = [n for n, v in (("--seeds", args.seeds), ("--repeats", args.repeats), ("--seed", args.seed)) if v is not None]
+    if len(given) > 1:
+        raise CompareError(f"give only one of {', '.join(given)}")
+    if args.repeats is not None:
+        if args.repeats < 1:
+            raise CompareError(f"--repeats must be >= 1, got {args.repeats}")
+        args.seeds = tuple(range(args.repeats))
+    elif args.seed is not None:
+        args.seeds = (args.seed,)
     for f in _FLAG_FIELDS:
         v = getattr(args, f)
         if v is not None:
             settings[f] = v
     out = settings.pop("out", None) if args.out is None else args.out
     settings.pop("out", None)
+    protocols = parse_list(args.protocols if args.protocols is not None else settings.get("protocols"))
+    settings.pop("protocols", None)
     if "kernel" in settings:
         k = settings["kernel"]
         settings["kernel"] = ("ntk", "sign") if k in ("both", "all") else parse_list(k)
@@ -106,7 +129,14 @@ def build_config(args: argparse.Namespace):
             method, key, value = _parse_option(spec)
             opts.setdefault(method, {})[key] = value
         settings["method_options"] = opts
-    return CompareConfig(**settings), out
+    if protocols is not None:
+        from .experiments.compare import PROTOCOLS
+        bad = [p for p in protocols if p not in PROTOCOLS]
+        if bad or not protocols or len(set(protocols)) != len(protocols):
+            raise CompareError(f"bad --protocols {','.join(protocols)!r}; choose from {', '.join(PROTOCOLS)}")
+        if "reference_protocol" in settings:
+            raise CompareError("--protocols and --reference-protocol exclude each other")
+    return CompareConfig(**settings), out, protocols
 
 
 def _parse_option(spec: str):
@@ -133,15 +163,31 @@ def compare_main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         from .experiments import compare
         from .experiments.device import describe_device
-        config, out = build_config(args)
+        config, out, protocols = build_config(args)
         log("loading model and data ...")
-        plan = compare.prepare(config)
-        out = Path(out) if out else compare.default_out_dir(plan)
-        log(compare.describe({"config": plan.resolved(), "data": compare.data_summary(plan),
-                              "device": describe_device()}))
-        log(f"methods: {', '.join(plan.methods)}; results in {out}")
-        result = compare.run(plan, out, progress=not args.no_progress, fresh=args.fresh, log=log)
-        files = compare.write_reports(result, out)
+        if protocols is None:
+            runs = [(compare.prepare(config), Path(out) if out else None)]
+        else:   # every protocol checked (and the model loaded once) before any work
+            from .checkpoints import load
+            loaded = load(config.model)
+            runs = [(compare.prepare(config.replace(reference_protocol=p == "reference",
+                                                    layers=None if p == "reference" else config.layers),
+                                     loaded), p) for p in protocols]
+            root = Path(out) if out else compare.default_out_dir(runs[-1][0]).with_name(
+                compare.default_out_dir(runs[-1][0]).name + "-protocols")
+            runs = [(plan, root / name) for plan, name in runs]
+        results, files = [], {}
+        for plan, where in runs:
+            out = where or compare.default_out_dir(plan)
+            log(compare.describe({"config": plan.resolved(), "data": compare.data_summary(plan),
+                                  "device": describe_device()}))
+            log(f"methods: {', '.join(plan.methods)}; seeds {','.join(map(str, plan.config.seeds))}; results in {out}")
+            result = compare.run(plan, out, progress=not args.no_progress, fresh=args.fresh, log=log)
+            files.update({f"{out.name}/{k}" if protocols else k: v
+                          for k, v in compare.write_reports(result, out).items()})
+            results.append(result)
+        if protocols is not None:
+            files.update(compare.write_protocols(results, root))
     except KeyboardInterrupt:
         where = f"; finished methods are saved in {out}: rerun the same command to resume" if out else ""
         print(f"{PROG}: interrupted{where}", file=sys.stderr)
@@ -150,9 +196,14 @@ def compare_main(argv: Optional[Sequence[str]] = None) -> int:
         msg = " ".join(str(e).split()) or type(e).__name__
         print(f"{PROG}: error: {msg}", file=sys.stderr)
         return 2
-    print(compare.format_table(result))
-    print(f"\nwall time {time.perf_counter() - t0:.1f} s (this process; reused methods: "
-          f"{', '.join(result['reused']) or 'none'})")
+    for result in results:
+        if protocols is not None:
+            print(f"== {compare.protocol_label(result)}")
+        print(compare.format_tables(result))
+        print()
+    reused = [x for r in results for x in r["reused"]]
+    print(f"wall time {time.perf_counter() - t0:.1f} s (this process; reused methods: "
+          f"{', '.join(reused) or 'none'})")
     print("wrote " + ", ".join(str(f) for f in files.values()))
     return 0
 

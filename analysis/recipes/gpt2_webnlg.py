@@ -27,5 +27,5 @@ def get_config():
         method_options={"sketch": {"keep": 256}},
         ntk_params="compressed",
         kernel=("ntk", "sign"),
-        seed=0,
+        seeds=(0, 1, 2),
     )

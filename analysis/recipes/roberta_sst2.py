@@ -23,5 +23,5 @@ def get_config():
         n_init=30,
         ntk_params="compressed",
         kernel=("ntk", "sign"),
-        seed=0,
+        seeds=(0, 1, 2),
     )

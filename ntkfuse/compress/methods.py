@@ -20,6 +20,9 @@ from ..validate import check_layers, check_options, check_width, keyword_default
 from .kmeans import _kmeans_batched, _kmeans_layer
 
 METHODS = ("fusion", "cluster", "sketch", "prune", "magnitude", "svd", "mmd")
+# Methods whose result depends on the PRNG key (k-means initialisation, random sketch, MMD
+# particle initialisation); prune, magnitude and svd ignore it. Drivers repeat only these over seeds.
+RANDOM_METHODS = frozenset({"fusion", "cluster", "sketch", "mmd"})
 
 
 class CompressionError(ValueError):

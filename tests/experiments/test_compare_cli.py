@@ -21,8 +21,10 @@ def _cli(capsys, *args):
 
 
 def _tiny_args(model_dir, out, methods="fusion,prune", *extra):
+    """One seed (one row per method) unless `extra` names seeds itself."""
+    seeds = [] if {"--seed", "--seeds", "--repeats"} & set(map(str, extra)) else ["--seeds", "0"]
     return ["--model", model_dir, "--methods", methods, "--layers", "1-2", "--width", "16", "--n-examples", "6",
-            "--max-length", "16", "--n-init", "1", "--out", out, *extra]
+            "--max-length", "16", "--n-init", "1", "--out", out, *seeds, *extra]
 
 
 def _check_outputs(out: Path, methods):
@@ -67,11 +69,11 @@ def test_cli_end_to_end_tiny_roberta_and_resume(tiny_models, tmp_path, capsys, m
     def boom(*a, **k):
         raise AssertionError("compress called on resume")
     monkeypatch.setattr(C, "compress", boom)
-    before = (out / "methods" / "fusion.json").read_text()
+    before = (out / "methods" / "fusion__0.json").read_text()   # a random method's row id is (method, seed)
     rc, stdout, err = _cli(capsys, *_tiny_args(tiny_models["roberta"], out))
     assert rc == 0, err
     assert "reused methods: fusion, prune" in stdout
-    assert (out / "methods" / "fusion.json").read_text() == before
+    assert (out / "methods" / "fusion__0.json").read_text() == before
     res2 = json.loads((out / "results.json").read_text())
     assert [r["ntk_rel"] for r in res2["results"]] == [r["ntk_rel"] for r in res["results"]]
     monkeypatch.undo()
@@ -86,12 +88,15 @@ def test_cli_end_to_end_tiny_roberta_and_resume(tiny_models, tmp_path, capsys, m
                                                 "sketch.keep=4"))
     assert rc == 0, err
     assert "reused methods: fusion)" in stdout
-    assert json.loads((out / "methods" / "sketch.json").read_text())["options"] == {"keep": 4}
+    assert json.loads((out / "methods" / "sketch__0.json").read_text())["options"] == {"keep": 4}
 
+    # Another seed is no other configuration: its rows join the directory (seeds are row ids).
+    rc, stdout, err = _cli(capsys, *_tiny_args(tiny_models["roberta"], out, "prune", "--seed", "1"))
+    assert rc == 0 and "reused methods: prune" in stdout, err
     # A different configuration in the same directory is refused (unless --fresh).
-    rc, _, err = _cli(capsys, *_tiny_args(tiny_models["roberta"], out, "prune", "--seed", "1"))
+    rc, _, err = _cli(capsys, *_tiny_args(tiny_models["roberta"], out, "prune", "--width", "8"))
     assert rc == 2 and "different configuration" in err and "Traceback" not in err
-    rc, stdout, err = _cli(capsys, *_tiny_args(tiny_models["roberta"], out, "prune", "--seed", "1", "--fresh"))
+    rc, stdout, err = _cli(capsys, *_tiny_args(tiny_models["roberta"], out, "prune", "--width", "8", "--fresh"))
     assert rc == 0, err
     assert "reused methods: none" in stdout
     assert sorted(p.name for p in (out / "methods").iterdir()) == ["prune.json"]
@@ -154,7 +159,7 @@ def test_recipe_is_overridden_by_flags(tiny_models, tmp_path, capsys):
     rc, _, err = _cli(capsys, "--recipe", recipe, "--model", tiny_models["roberta"], "--layers", "1-2", "--out", out)
     assert rc == 0, err
     c = json.loads((out / "results.json").read_text())["config"]
-    assert (c["layers"], c["width"], c["seed"], c["methods"], c["n_examples"]) == ([1, 2], 16, 5, ["sketch"], 6)
+    assert (c["layers"], c["width"], c["seeds"], c["methods"], c["n_examples"]) == ([1, 2], 16, [5], ["sketch"], 6)
     bad = tmp_path / "bad.py"
     bad.write_text("def get_config():\n    return dict(widht=3)\n")
     rc, _, err = _cli(capsys, "--recipe", bad)
@@ -168,6 +173,8 @@ def test_shipped_recipes_parse():
     assert (r["model"], r["layers"], r["width"], r["data"]) == ("roberta-base", "4-11", 768, "glue/sst2:validation")
     g = load_recipe(root / "gpt2_webnlg.py")
     assert (g["model"], g["layers"], g["width"], g["output"]) == ("gpt2", "4-11", 768, "target-logprob")
+    p = load_recipe(root / "protocols.py")
+    assert (p["protocols"], p["seeds"]) == ("reference,multi-layer", (0, 1, 2))
 
 
 def test_render_summarises_runs(tiny_models, tmp_path, capsys):
