@@ -155,7 +155,7 @@ def test_compiles_once_per_shape(models, monkeypatch):
     (dict(eos_id=50), "eos_id"),
     (dict(mask=[[1, 0, 1]]), "contiguous"),
     (dict(mask=[[0, 0, 0]]), "no tokens"),
-    (dict(cfg=CFG.replace(family="bert", head="classifier", type_vocab_size=2)), "GPT-2"),
+    (dict(cfg=CFG.replace(family="bert", head="classifier", type_vocab_size=2)), "decoder language model"),
 ])
 def test_bad_input(models, change, match):
     batch = {"input_ids": np.array([[1, 2, 3]]), "attention_mask": np.array(change.pop("mask", [[1, 1, 0]]))}
