@@ -797,7 +797,14 @@ def verdict(result: dict, key: str, name: str, lower_is_better: bool = True) -> 
 
 def verdicts(result: dict) -> list[str]:
     keys = [k for k, _, _ in MEASURES if k.split("_")[0] in _kinds_of(result)]
-    return [v for k, n, low in MEASURES if k in keys for v in [verdict(result, k, n, low)] if v]
+    lines = [v for k, n, low in MEASURES if k in keys for v in [verdict(result, k, n, low)] if v]
+    left_out = [r["method"] for r in _summary(result) if r["method"] not in compressing_methods(result)
+                and r["method"] != "original"]
+    if lines and left_out:
+        lines.insert(0, f"ranked among the methods that reduce the MLP parameters ({', '.join(left_out)} "
+                        f"{'keeps' if len(left_out) == 1 else 'keep'} them and {'is' if len(left_out) == 1 else 'are'} "
+                        "left out):")
+    return lines
 
 
 def describe(result: dict) -> str:
