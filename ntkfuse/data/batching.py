@@ -16,9 +16,14 @@ from .tokenize import tokenize
 
 
 def classification_batch(tok, examples: Sequence[Example], max_length: int) -> dict:
-    """`ntkfuse.tokenize` of the texts (padded to the longest), as int32."""
+    """`ntkfuse.tokenize` of the texts (padded to the longest), as int32; examples with a
+    second sentence (`text_pair`) are encoded as sentence pairs (all or none of them)."""
     texts = [e.text if e.target is None else f"{e.text} {e.target}" for e in examples]
-    return {k: np.asarray(v, np.int32) for k, v in tokenize(tok, texts, max_length).items()}
+    pairs = [e.text_pair for e in examples]
+    if any(p is not None for p in pairs) and not all(p is not None for p in pairs):
+        raise DataError("some examples have a second sentence (text_pair) and some do not")
+    pairs = pairs if pairs and pairs[0] is not None else None
+    return {k: np.asarray(v, np.int32) for k, v in tokenize(tok, texts, max_length, pairs=pairs).items()}
 
 
 def lm_batch(tok, examples: Sequence[Example], max_length: int) -> dict:

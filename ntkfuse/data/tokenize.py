@@ -6,8 +6,10 @@ from typing import Iterable, Optional
 import numpy as np
 
 
-def tokenize(tok, texts: Iterable[str], max_length: int = 128, pad_to: Optional[int] = None) -> dict:
-    """Batch as numpy arrays: input_ids, attention_mask (and token_type_ids when the tokenizer makes them)."""
-    enc = tok(list(texts), padding="max_length" if pad_to else "longest", truncation=True,
-              max_length=pad_to or max_length, return_tensors="np")
+def tokenize(tok, texts: Iterable[str], max_length: int = 128, pad_to: Optional[int] = None,
+             pairs: Optional[Iterable[str]] = None) -> dict:
+    """Batch as numpy arrays: input_ids, attention_mask (and token_type_ids when the tokenizer makes them).
+    `pairs`: second sentences, encoded as the tokenizer's sentence pairs (separator, segment ids)."""
+    enc = tok(list(texts), None if pairs is None else list(pairs), padding="max_length" if pad_to else "longest",
+              truncation=True, max_length=pad_to or max_length, return_tensors="np")
     return {k: np.asarray(v) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}

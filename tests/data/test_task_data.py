@@ -60,3 +60,19 @@ def test_check_labels():
     check_labels([Example("a", 0.5), Example("b", 4.0)], "score")
     with pytest.raises(DataError, match="no examples"):
         check_labels([], "class", 2)
+
+
+def test_classification_batch_encodes_sentence_pairs(minilm_dir):
+    """ntk_compare's batches keep the second sentence of pair data (as the tokenizer's pair encoding)."""
+    import numpy as np
+
+    from ntkfuse.checkpoints import load_tokenizer
+    from ntkfuse.data.batching import classification_batch
+    tok = load_tokenizer(minilm_dir)
+    ex = [Example("a cat sat", label=1, text_pair="on the mat"), Example("dogs run", label=0, text_pair="fast")]
+    b = classification_batch(tok, ex, 32)
+    want = tok(["a cat sat", "dogs run"], ["on the mat", "fast"], padding="longest", return_tensors="np")
+    np.testing.assert_array_equal(b["input_ids"], want["input_ids"])
+    assert b["token_type_ids"].max() == 1   # the second segment is marked
+    with pytest.raises(DataError, match="second sentence"):
+        classification_batch(tok, [ex[0], Example("no pair", label=0)], 32)
