@@ -262,6 +262,32 @@ METHOD_FNS = {"fusion": fusion, "cluster": cluster, "sketch": sketch, "prune": p
 OPTIONS = {m: keyword_defaults(fn) for m, fn in METHOD_FNS.items()}   # {method: {option: default}}
 
 
+def check_methods(methods, *, error=None, also=()) -> tuple:
+    """Method names as given, each known (or in `also`, e.g. a driver's "full") and listed once;
+    the drivers' boundary check (ntk_compare, finetune)."""
+    error = error or CompressionError
+    methods = tuple(methods)
+    known = tuple(also) + METHODS
+    bad = [m for m in methods if m not in known]
+    if bad:
+        raise error(f"unknown method{'s' if len(bad) > 1 else ''} {', '.join(bad)}; known: {', '.join(known)}")
+    if len(set(methods)) != len(methods):
+        raise error(f"a method is listed twice in {','.join(methods)}")
+    return methods
+
+
+def check_method_options(options_by_method, *, error=None) -> dict:
+    """{method: {option: value}} with known methods and options (OPTIONS), else `error`."""
+    error = error or CompressionError
+    out = {}
+    for m, opts in dict(options_by_method).items():
+        if m not in METHODS:
+            raise error(f"options for unknown method {m!r}; known: {', '.join(METHODS)}")
+        check_options(f"method {m}", opts, OPTIONS[m], error=error)
+        out[m] = dict(opts)
+    return out
+
+
 def _dispatch(block, method, width, key, opts, km=None):
     fn = METHOD_FNS[method]
     if method in KMEANS_METHODS:

@@ -6,9 +6,9 @@ from .device import describe_device
 from .hashing import config_hash, stable_json, tag
 from .keys import indexed_key, name_index, named_key
 from .records import timestamp, versions
-from .reports import bar_panels, csv_text, json_text, markdown_table, read_json, text_table, write_json
+from .reports import bar_panels, csv_text, json_text, markdown_table, read_json, save_figure, text_table, write_json
 from .store import ResultStore, StoreError, open_store
 
 __all__ = ["describe_device", "config_hash", "stable_json", "tag", "indexed_key", "name_index", "named_key",
            "timestamp", "versions", "bar_panels", "csv_text", "json_text", "markdown_table", "read_json",
-           "text_table", "write_json", "ResultStore", "StoreError", "open_store"]
+           "text_table", "write_json", "save_figure", "ResultStore", "StoreError", "open_store"]

@@ -207,18 +207,9 @@ def method_options(config: CompareConfig, method: str) -> dict:
 def check_settings(config: CompareConfig) -> tuple:
     """Checks that need no model: methods, kernels, choices, sizes. Returns the methods."""
     known = _methods()
-    methods = parse_list(config.methods) or known
-    bad = [m for m in methods if m not in known]
-    if bad:
-        raise CompareError(f"unknown method{'s' if len(bad) > 1 else ''} {', '.join(bad)}; "
-                           f"known: {', '.join(known)}")
-    if len(set(methods)) != len(methods):
-        raise CompareError(f"a method is listed twice in {','.join(methods)}")
-    from ..compress import OPTIONS
-    for m, opts in dict(config.method_options).items():
-        if m not in known:
-            raise CompareError(f"options for unknown method {m!r}; known: {', '.join(known)}")
-        validate.check_options(f"method {m}", opts, OPTIONS[m], error=CompareError)
+    from ..compress import check_method_options, check_methods
+    methods = check_methods(parse_list(config.methods) or known, error=CompareError)
+    check_method_options(config.method_options, error=CompareError)
     kinds = parse_list(config.kernel)
     if not kinds or any(k not in KERNEL_KINDS for k in kinds):
         raise CompareError(f"unknown kernel {','.join(kinds or ())!r}; choose from ntk, sign (or both)")
@@ -909,13 +900,7 @@ def plot_spectra(result: dict, path: Optional[str | Path] = None) -> bytes:
         ax.set_xlabel("index", fontsize=8)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    if path is not None:
-        atomic_write(path, buf.getvalue())
-    return buf.getvalue()
+    return reports.save_figure(fig, path)
 
 
 def side_by_side(results: Sequence[dict], labels: Sequence[str]) -> str:

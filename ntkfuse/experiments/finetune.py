@@ -109,26 +109,12 @@ class Plan:
         return d
 
 
-def _methods():
-    from ..compress import METHODS
-    return tuple(METHODS)
-
-
 def check_settings(c: FinetuneRunConfig) -> tuple:
     """Checks that need no model or data; returns (methods, lrs, seeds)."""
     e = FinetuneError
-    known = _methods()
-    methods = tuple(m for m in (parse_list(c.methods) or ()) if m != FULL)
-    bad = [m for m in methods if m not in known]
-    if bad:
-        raise e(f"unknown method{'s' if len(bad) > 1 else ''} {', '.join(bad)}; known: {FULL}, {', '.join(known)}")
-    if len(set(methods)) != len(methods):
-        raise e(f"a method is listed twice in {','.join(methods)}")
-    from ..compress import OPTIONS
-    for m, opts in dict(c.method_options).items():
-        if m not in known:
-            raise e(f"options for unknown method {m!r}; known: {', '.join(known)}")
-        validate.check_options(f"method {m}", opts, OPTIONS[m], error=e)
+    from ..compress import check_method_options, check_methods
+    methods = tuple(m for m in check_methods(parse_list(c.methods) or (), error=e, also=(FULL,)) if m != FULL)
+    check_method_options(c.method_options, error=e)
     lrs = tuple(float(x) if isinstance(x, str) else x for x in (parse_list(c.lrs) or ()))
     if not lrs:
         raise e("no learning rate given")
@@ -379,7 +365,6 @@ def write_markdown(result: dict) -> str:
 
 def learning_curves(result: dict, path: Optional[str | Path] = None) -> bytes:
     """Train loss and the dev metric per epoch, one line per method (its picked lr, first seed)."""
-    import io
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -398,13 +383,7 @@ def learning_curves(result: dict, path: Optional[str | Path] = None) -> bytes:
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=8)
     axes[1].legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    if path is not None:
-        atomic_write(path, buf.getvalue())
-    return buf.getvalue()
+    return reports.save_figure(fig, path)
 
 
 COLUMNS = ("method", "params", "mlp_params", "lr", "metric", "value", "std", "best_epoch", "n_seeds",

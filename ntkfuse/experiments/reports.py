@@ -110,6 +110,13 @@ def bar_panels(panels: Sequence[tuple], groups: Sequence[str], path: Optional[st
             ax.set_ylabel(ylabel, fontsize=8)
     if n_series > 1:
         axes[0].legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path=None) -> bytes:
+    """PNG bytes of a finished matplotlib figure (closed afterwards); written atomically to
+    `path` when given. The one place figures become files."""
+    import matplotlib.pyplot as plt
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
@@ -119,4 +126,5 @@ def bar_panels(panels: Sequence[tuple], groups: Sequence[str], path: Optional[st
     return buf.getvalue()
 
 
-__all__ = ["json_text", "write_json", "read_json", "csv_text", "markdown_table", "text_table", "bar_panels"]
+__all__ = ["json_text", "write_json", "read_json", "csv_text", "markdown_table", "text_table", "bar_panels",
+           "save_figure"]

@@ -354,7 +354,6 @@ def format_markdown(results: Sequence[dict]) -> str:
 
 def plot(results: Sequence[dict], path: Optional[str | Path] = None) -> bytes:
     """Held-out block error per layer, one bar per kind: pale before fitting, solid after."""
-    import io
 
     import matplotlib
     matplotlib.use("Agg")
@@ -371,14 +370,7 @@ def plot(results: Sequence[dict], path: Optional[str | Path] = None) -> bytes:
     ax.set_xticks(x + 0.4 - w / 2, [f"layer {l}" for l in layers])
     ax.set_ylabel("held-out block error (pale: before fit)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    if path is not None:
-        from ..files import atomic_write
-        atomic_write(path, buf.getvalue())
-    return buf.getvalue()
+    return reports.save_figure(fig, path)
 
 
 def write_reports(result: dict, out: str | Path) -> dict:
