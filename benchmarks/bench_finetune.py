@@ -1,6 +1,6 @@
 """Fine-tuning efficiency (issue 10 item 3): step time, tokens/s and peak device memory
 of the full model vs the compressed one, ntkfuse against the PyTorch peer
-(`shared/bench/torch_finetune_baseline.py`), run side by side in one invocation.
+(`benchmarks/peers/torch_finetune.py`), run side by side in one invocation.
 
 Shapes as the peer builds them, random weights and random token ids (only speed and
 memory are measured): roberta-base sequence classifier (vocab 50265, 514 positions,
@@ -29,7 +29,7 @@ ratios (speedup = peer median / ntkfuse median; memory = ntkfuse peak / peer pea
 compressed-vs-full savings of both, and the issue's targets checked (only when the peer
 ran the same shapes, i.e. not with --small).
 
-GPU (one line; the peer script is found at shared/ or ../shared/, else give --peer):
+GPU (one line; the in-repo peer benchmarks/peers/torch_finetune.py runs unless --peer says otherwise):
     python benchmarks/bench_finetune.py --out results/bench_finetune.json
 CPU smoke test (1-layer tiny models, fp32, full and fusion, rows in-process, no peer):
     python benchmarks/bench_finetune.py --small --out /tmp/bench_finetune_small.json
@@ -51,8 +51,7 @@ if __package__ in (None, ""):  # run as a file: make the `benchmarks` package im
 from benchmarks import harness  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-PEER_NAME = "bench/torch_finetune_baseline.py"
-PEER_CANDIDATES = (ROOT / "shared" / PEER_NAME, ROOT.parent / "shared" / PEER_NAME)
+PEER_CANDIDATES = (ROOT / "benchmarks" / "peers" / "torch_finetune.py",)
 MODELS = ("roberta", "gpt2")
 BATCH = {"roberta": 32, "gpt2": 8}
 KINDS = ("full", "dense", "fusion")
@@ -262,8 +261,8 @@ def main(argv=None):
     ap.add_argument("--prng", default="rbg", help="PRNG of the dropout masks: rbg (default), unsafe_rbg, "
                                                   "threefry2x32 (TrainConfig.prng_impl)")
     ap.add_argument("--no-dropout", action="store_true", help="no dropout (diagnosis: the RNG's share of a step)")
-    ap.add_argument("--peer", default=None, help="path of torch_finetune_baseline.py, or 'none' "
-                                                 "(default: found under shared/; none with --small)")
+    ap.add_argument("--peer", default=None, help="path of the peer script, or 'none' "
+                                                 "(default: benchmarks/peers/torch_finetune.py; none with --small)")
     harness.add_small(ap, "CPU smoke test: 1-layer tiny models, batch 2 x 16, fp32, full and fusion, "
                           "rows in-process, no peer unless --peer is given")
     ap.add_argument("--out", default="bench_finetune.json", help="result JSON file")

@@ -12,7 +12,7 @@ Timing: JAX wall time of the first call (includes compilation) and the median of
 
   python benchmarks/bench_kmeans.py --small --out /tmp/bench_kmeans.json
   python benchmarks/bench_kmeans.py --out bench_kmeans.json \
-      --peer /work/shared/bench/sklearn_kmeans_baseline.py --peer-layers 4
+      --peer --peer-layers 4
   # only write the peer's safetensors data (no JAX needed):
   python benchmarks/bench_kmeans.py --write-data DIR --layers 4
 """
@@ -32,6 +32,9 @@ if __package__ in (None, ""):  # run as a file: make the `benchmarks` package im
 import numpy as np  # noqa: E402
 
 from benchmarks import harness  # noqa: E402
+from benchmarks.peers import SKLEARN_KMEANS as PEER  # noqa: E402
+
+PEER_REL = PEER.relative_to(PEER.parents[2]).as_posix()
 
 
 def random_block(layer: int, seed: int = 0, d: int = 768, D: int = 3072):
@@ -182,7 +185,8 @@ def main(argv=None):
     ap.add_argument("--minilm-k", type=int, default=384)
     ap.add_argument("--minilm-n-init", type=int, default=None)
     ap.add_argument("--minilm-max-iter", type=int, default=None)
-    ap.add_argument("--peer", help="path to sklearn_kmeans_baseline.py: run it on the same data")
+    ap.add_argument("--peer", nargs="?", const=str(PEER), default=None,
+                    help=f"run the scikit-learn peer on the same data; a bare --peer runs the in-repo {PEER_REL}")
     ap.add_argument("--peer-layers", default=None, help="layers for the peer (default: the first of --layers)")
     ap.add_argument("--peer-threads", type=int, default=0, help="limit the peer's BLAS/OpenMP threads (0: leave)")
     ap.add_argument("--peer-result", help="an existing peer result.json on the same data, instead of running it")

@@ -1,6 +1,6 @@
 """Benchmark the empirical NTK engine on roberta-base shapes (or tiny ones on CPU).
 
-    python benchmarks/bench_ntk.py --n 128 --peer .bench/peers/torch_ntk_baseline.py --accuracy \
+    python benchmarks/bench_ntk.py --n 128 --peer --accuracy \
         --variants full,full-gram-bf16x3,layers --out /tmp/bench_ntk
     python benchmarks/bench_ntk.py --n 1024 --variants auto --out /tmp/bench_ntk_1024      # "layers"
     python benchmarks/bench_ntk.py --small --variants full,layers --accuracy --out /tmp/s  # CPU
@@ -32,6 +32,9 @@ if __package__ in (None, ""):  # run as a file: make the `benchmarks` package im
 import numpy as np  # noqa: E402
 
 from benchmarks import harness  # noqa: E402
+from benchmarks.peers import TORCH_NTK as PEER  # noqa: E402
+
+PEER_REL = PEER.relative_to(PEER.parents[2]).as_posix()
 
 
 def measure_rates(jax, jnp, small):
@@ -92,7 +95,8 @@ def main():
     ap.add_argument("--precision", default="highest", help="jax_default_matmul_precision (highest = no TF32)")
     ap.add_argument("--repeats", type=int, default=5)
     harness.add_small(ap, "tiny shapes for CPU")
-    ap.add_argument("--peer", default=None, help="path of torch_ntk_baseline.py to run and compare against")
+    ap.add_argument("--peer", nargs="?", const=str(PEER), default=None,
+                    help=f"run the torch peer and compare against it; a bare --peer runs the in-repo {PEER_REL}")
     ap.add_argument("--peer-modes", default="loop,vmap", help="loop first, so the vmap timing is warm")
     ap.add_argument("--variants", default="default",
                     help="comma list; 'default' = the CLI options; others: see VARIANTS (one compile each)")

@@ -1,9 +1,9 @@
-"""ntkfuse reproduces the PyTorch/torch.func peer baseline's kernels on its own checkpoint."""
+"""ntkfuse reproduces the kernels of the in-repo PyTorch/torch.func peer (benchmarks/peers/torch_ntk.py)
+on the peer's own checkpoint: runs from a plain clone."""
 from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,10 +14,9 @@ pytest.importorskip("transformers")
 import ntkfuse  # noqa: E402
 from ntkfuse import ntk  # noqa: E402
 
-BASELINE = Path(__file__).resolve().parents[3] / "shared" / "bench" / "torch_ntk_baseline.py"
+from benchmarks.peers import TORCH_NTK as BASELINE  # noqa: E402
 
 
-@pytest.mark.skipif(not BASELINE.is_file(), reason=f"peer baseline not found at {BASELINE}")
 def test_reproduces_torch_baseline_kernels(tmp_path):
     cmd = [sys.executable, str(BASELINE), "--n", "6", "--seq", "12", "--layers", "0-1", "--hidden", "32",
            "--intermediate", "64", "--num-layers", "2", "--heads", "4", "--modes", "loop,vmap", "--out", str(tmp_path)]
