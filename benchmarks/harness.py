@@ -1,7 +1,8 @@
 """What every benchmark needs, written once: timing with warm-up (first call, which
 includes compilation, kept apart; median of the timed calls), rates, device and version
 records, peak device memory where the backend reports it, atomic JSON output, and the
-`--small` switch for CPU-sized runs.
+`--small` switch for CPU-sized runs, the `--no-compile-cache` switch (JAX's persistent
+compilation cache is on by default, as for the scripts).
 
 A bench is run as `python benchmarks/bench_<name>.py` (or `python -m benchmarks.bench_<name>`)
 from the repository root.
@@ -113,9 +114,26 @@ def write_json(path: str | Path, result: dict, indent: int = 2, default: Callabl
     return Path(path)
 
 
+class _NoCompileCache(argparse.Action):
+    """`--no-compile-cache`: turns the persistent compilation cache off as the flag is parsed."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from ntkfuse.cli import use_compile_cache
+        use_compile_cache(False)
+        setattr(namespace, self.dest, True)
+
+
 def add_small(parser: argparse.ArgumentParser, help: str) -> None:
-    """The `--small` flag every bench has: CPU-sized shapes and fewer repeats."""
+    """The flags every bench has: `--small` (CPU-sized shapes and fewer repeats) and
+    `--no-compile-cache`. Building the parser turns JAX's persistent compilation cache on
+    (`ntkfuse.cli.compile_cache_dir()`), before anything compiles; the flag turns it off
+    when parsed, for first-call timings that include a cold compilation."""
+    from ntkfuse.cli import CACHE_ENV, DEFAULT_CACHE_DIR, use_compile_cache
     parser.add_argument("--small", action="store_true", help=help)
+    parser.add_argument("--no-compile-cache", action=_NoCompileCache, nargs=0, default=False,
+                        help=f"do not use JAX's persistent compilation cache (default: on, in ${CACHE_ENV} or "
+                             f"{DEFAULT_CACHE_DIR}; first-call times then include a cold compilation)")
+    use_compile_cache(True)
 
 
 def parse_layers(spec) -> list:

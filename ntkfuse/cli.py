@@ -10,12 +10,43 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Optional, Sequence
 
 PROG = "ntk_compare"
+
+CACHE_ENV = "NTKFUSE_CACHE_DIR"
+DEFAULT_CACHE_DIR = "~/.cache/ntkfuse/jax"
+
+
+def compile_cache_dir() -> str:
+    """Where the entry points keep JAX's persistent compilation cache: `$NTKFUSE_CACHE_DIR`,
+    else `~/.cache/ntkfuse/jax`."""
+    return str(Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR).expanduser())
+
+
+def use_compile_cache(enabled: bool = True, directory: Optional[str] = None) -> Optional[str]:
+    """Turn JAX's persistent compilation cache on (in `directory`, default `compile_cache_dir()`)
+    or off, through `jax.config`; call it before anything compiles. A rerun of a script then
+    loads its compiled programs instead of compiling them again (numbers are unchanged).
+    Returns the directory, or None when off."""
+    import jax
+    if not enabled:
+        jax.config.update("jax_enable_compilation_cache", False)
+        return None
+    directory = str(Path(directory).expanduser()) if directory else compile_cache_dir()
+    jax.config.update("jax_enable_compilation_cache", True)
+    jax.config.update("jax_compilation_cache_dir", directory)
+    return directory
+
+
+def add_compile_cache_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-compile-cache", action="store_true",
+                        help=f"do not use JAX's persistent compilation cache (default: on, in ${CACHE_ENV} "
+                             f"or {DEFAULT_CACHE_DIR})")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -61,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="reuse finished methods in --out when the configuration hash matches (the default)")
     g.add_argument("--fresh", action="store_true", help="recompute everything, overwriting --out")
     a("--no-progress", action="store_true", help="no progress bars")
+    add_compile_cache_flag(p)
     return p
 
 
@@ -157,6 +189,7 @@ def _parse_option(spec: str):
 
 def compare_main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
+    use_compile_cache(not args.no_compile_cache)
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     t0 = time.perf_counter()
     out = None
@@ -268,11 +301,13 @@ def _fit_surrogates_parser() -> argparse.ArgumentParser:
     a("--out", default="runs/fit_surrogates")
     a("--fresh", action="store_true", help="recompute everything, overwriting --out")
     a("--no-progress", action="store_true")
+    add_compile_cache_flag(p)
     return p
 
 
 def fit_surrogates_main(argv: Optional[Sequence[str]] = None) -> int:
     args = vars(_fit_surrogates_parser().parse_args(argv))
+    use_compile_cache(not args.pop("no_compile_cache"))
     out, fresh, progress = args.pop("out"), args.pop("fresh"), not args.pop("no_progress")
     from .experiments import surrogates
     try:
@@ -335,6 +370,7 @@ def _finetune_parser() -> argparse.ArgumentParser:
     a("--out", help="output directory (default results/finetune/<model>-<task>-<config hash>)")
     a("--fresh", action="store_true", help="recompute everything, overwriting --out")
     a("--no-progress", action="store_true", help="no progress bars")
+    add_compile_cache_flag(p)
     return p
 
 
@@ -392,6 +428,7 @@ def _finetune_config(args):
 def finetune_main(argv: Optional[Sequence[str]] = None) -> int:
     """`python scripts/finetune.py`: bad input -> one line on stderr, exit status 2."""
     args = _finetune_parser().parse_args(argv)
+    use_compile_cache(not args.no_compile_cache)
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     from .experiments import finetune as F
     from .experiments.device import describe_device

@@ -43,6 +43,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from .. import sharding
+
 Array = jax.Array
 _HI = lax.Precision.HIGHEST
 PAIRWISE_MAX_POINTS = 8192
@@ -194,9 +196,27 @@ def kmeans(X, k: int, key, n_init: int = 30, max_iter: int = 300, tol: float = 1
     return _kmeans_layer(jnp.asarray(X), key, jnp.float32(tol), int(k), int(n_init), int(max_iter))
 
 
-def kmeans_batched(Xs, k: int, key, n_init: int = 30, max_iter: int = 300, tol: float = 1e-4) -> KMeansResult:
+def run_batched(Xs, keys, tol, k, n_init, max_iter, devices="auto") -> KMeansResult:
+    """`_kmeans_batched` on one device, or with the layer axis split across the devices of
+    `devices` (`ntkfuse.sharding.make_mesh`): Xs and keys placed row-sharded (padded with copies
+    of layer 0, dropped afterwards) and the same jitted program partitioned by XLA along the
+    vmapped layer axis, so every layer's k-means is the one-device computation."""
+    mesh = sharding.make_mesh(devices)
+    args = (jnp.float32(tol), int(k), int(n_init), int(max_iter))
+    if mesh is None:
+        return _kmeans_batched(jnp.asarray(Xs), keys, *args)
+    L = Xs.shape[0]
+    xs, ks = sharding.shard_rows((jnp.asarray(Xs), jnp.asarray(keys)), mesh)
+    out = _kmeans_batched(xs, ks, *args)
+    return KMeansResult(*(sharding.to_default_device(a[:L]) for a in out))
+
+
+def kmeans_batched(Xs, k: int, key, n_init: int = 30, max_iter: int = 300, tol: float = 1e-4,
+                   devices="auto") -> KMeansResult:
     """k-means of each Xs[l] (L, N, p) in one jitted call; layer l uses ``jax.random.split(key, L)[l]``
-    (so it matches ``kmeans(Xs[l], k, keys[l])``). Every field gains a leading L axis."""
+    (so it matches ``kmeans(Xs[l], k, keys[l])``). Every field gains a leading L axis.
+    devices: "auto" (all local devices when more than one: the layers are split across them),
+    None or 1 (one device), a count, devices or a Mesh."""
     _check(Xs, k, n_init, max_iter, batched=True)
     keys = jax.random.split(key, Xs.shape[0])
-    return _kmeans_batched(jnp.asarray(Xs), keys, jnp.float32(tol), int(k), int(n_init), int(max_iter))
+    return run_batched(Xs, keys, tol, k, n_init, max_iter, devices)

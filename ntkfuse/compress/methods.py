@@ -17,7 +17,7 @@ import numpy as np
 from ..models import replace_mlps
 from ..models.blocks import DenseMLP, FusedMLP, LowRankMLP, activation_fn
 from ..validate import check_layers, check_options, check_width, keyword_defaults
-from .kmeans import _kmeans_batched, _kmeans_layer
+from .kmeans import _kmeans_layer, run_batched
 
 METHODS = ("fusion", "cluster", "sketch", "prune", "magnitude", "svd", "mmd")
 # Methods whose result depends on the PRNG key (k-means initialisation, random sketch, MMD
@@ -323,29 +323,30 @@ def _layer_blocks(params, layers, key, method, width, opts):
     return layers, blocks, dict(zip(layers, jax.random.split(key, len(layers))))
 
 
-def _kmeans_of_blocks(blocks: dict, width, keys: dict, opts) -> dict:
-    """{layer: KMeansResult}; layers with blocks of equal shape run batched in one jitted call."""
+def _kmeans_of_blocks(blocks: dict, width, keys: dict, opts, devices="auto") -> dict:
+    """{layer: KMeansResult}; layers with blocks of equal shape run batched in one jitted call
+    (split across `devices` when there are several)."""
     groups, out = {}, {}
     for l, b in blocks.items():
         groups.setdefault((b.w1.shape, b.b1 is None), []).append(l)
     for group in groups.values():
         Xs = jnp.stack([blocks[l].neuron_features() for l in group])
         ks = jnp.stack([keys[l] for l in group])
-        km = _kmeans_batched(Xs, ks, jnp.float32(opts["tol"]), int(width), int(opts["n_init"]),
-                             int(opts["max_iter"]))
+        km = run_batched(Xs, ks, opts["tol"], width, opts["n_init"], opts["max_iter"], devices)
         for i, l in enumerate(group):
             out[l] = jax.tree_util.tree_map(lambda a: a[i], km)
     return out
 
 
-def kmeans_layers(params: dict, layers: Sequence[int], width: int, key, **options) -> dict:
+def kmeans_layers(params: dict, layers: Sequence[int], width: int, key, *, devices="auto", **options) -> dict:
     """{layer: KMeansResult}: exactly the k-means that `compress(cfg, params, "fusion" or
     "cluster", layers, width, key, **options)` runs (options n_init, max_iter, tol). Pass it
     back as `compress(..., kmeans_result=...)` so that fusion and cluster share one k-means
-    (METHOD.md: cluster uses the same k-means) instead of each running it."""
+    (METHOD.md: cluster uses the same k-means) instead of each running it. `devices`: as
+    `compress`."""
     opts = _options("fusion", options)
     _, blocks, keys = _layer_blocks(params, layers, key, "fusion", width, opts)
-    return _kmeans_of_blocks(blocks, width, keys, opts)
+    return _kmeans_of_blocks(blocks, width, keys, opts, devices)
 
 
 def _check_kmeans_result(km, blocks, width):
@@ -362,7 +363,7 @@ def _check_kmeans_result(km, blocks, width):
 
 
 def compress(cfg, params: dict, method: str, layers: Sequence[int], width: int, key, *, kmeans_result=None,
-             **options) -> dict:
+             devices="auto", **options) -> dict:
     """New params with the MLPs of `layers` compressed by `method` (via `replace_mlps`).
 
     Layer layers[i] uses key `jax.random.split(key, len(layers))[i]`, so it equals
@@ -370,7 +371,9 @@ def compress(cfg, params: dict, method: str, layers: Sequence[int], width: int, 
     layers of equal shape runs batched in one jitted call). `magnitude` uses one global
     threshold over the chosen layers' W1 and W2. fusion/cluster: `kmeans_result` (from
     `kmeans_layers` with the same params, layers, width, key and k-means options) skips
-    the k-means; the caller vouches that it was computed with those arguments.
+    the k-means; the caller vouches that it was computed with those arguments. `devices`:
+    "auto" (all local devices when more than one), None or 1, a count, devices or a Mesh: the
+    batched k-means splits its layers across them (same results as one device).
     """
     opts = _options(method, options)
     _check_activation(cfg.activation)
@@ -385,7 +388,7 @@ def compress(cfg, params: dict, method: str, layers: Sequence[int], width: int, 
         return replace_mlps(params, dict(zip(layers, masked)))
 
     if method in KMEANS_METHODS:
-        km = kmeans_result if kmeans_result is not None else _kmeans_of_blocks(blocks, width, keys, opts)
+        km = kmeans_result if kmeans_result is not None else _kmeans_of_blocks(blocks, width, keys, opts, devices)
         new = {l: _dispatch(blocks[l], method, width, keys[l], opts, km=km[l]) for l in layers}
     else:
         new = {l: _dispatch(blocks[l], method, width, keys[l], opts) for l in layers}

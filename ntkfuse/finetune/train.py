@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from .. import sharding
 from ..data import DataError, Example, check_labels
 from ..models import ModelConfig, check_batch, forward
 from ..validate import check_choice, check_positive
@@ -335,10 +336,11 @@ def _generate(cfg, params, tok, examples, tc: TrainConfig):
 
 
 def evaluate(cfg: ModelConfig, task: Task, tc: TrainConfig, params, dev: dict, eval_step, buckets,
-             tok=None, dev_examples=None) -> dict:
+             tok=None, dev_examples=None, place=None) -> dict:
+    place = place or (lambda b: {k: jnp.asarray(v) for k, v in b.items()})
     outs = []
     for b in batches(dev, tc.eval_batch_size, buckets):
-        o = jax.device_get(eval_step(params, {k: jnp.asarray(v) for k, v in b.items()}))
+        o = jax.device_get(eval_step(params, place(b)))
         real = b["weight"] > 0
         outs.append({k: np.asarray(v)[real] for k, v in o.items()})
     outputs = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
@@ -355,7 +357,7 @@ def finetune(cfg: ModelConfig, params, tok, train: Sequence[Example], dev: Seque
              tc: TrainConfig = TrainConfig(), *, teacher=None, layers: Sequence[int] = (),
              ckpt_dir: Optional[str | Path] = None, tag: str = "", progress: bool = False,
              log: Callable[[str], None] = lambda s: None,
-             on_epoch_end: Optional[Callable[[int, dict], None]] = None) -> dict:
+             on_epoch_end: Optional[Callable[[int, dict], None]] = None, devices="auto") -> dict:
     """Fine-tune every parameter of `params` on `train`, evaluating on `dev` after each epoch.
 
     Returns {"history": [per-epoch train loss and dev metrics], "best_epoch", "best"
@@ -364,6 +366,10 @@ def finetune(cfg: ModelConfig, params, tok, train: Sequence[Example], dev: Seque
     every epoch and a later call with the same `tag` resumes after the last saved epoch,
     to the same result (data order and dropout keys depend only on seed, epoch, step).
     `teacher` + `layers` + tc.tune_epochs: layer-wise task tuning of those layers' MLPs first.
+    `devices`: "auto" (all local devices when more than one), None or 1, a count, devices or a
+    Mesh: data parallel, each batch's rows split across them, params and optimizer state
+    replicated (XLA's partitioner reduces the gradients); same numbers within float32 round-off.
+    Used when the batch size is a multiple of the device count.
     """
     started = time.perf_counter()
     check(tc)
@@ -395,6 +401,16 @@ def finetune(cfg: ModelConfig, params, tok, train: Sequence[Example], dev: Seque
             start, (params, opt_state), info = got
             history, train_s = info["history"], info.get("train_s", 0.0)
             log(f"resumed from {ckpt_dir} after epoch {start}")
+    mesh = sharding.make_mesh(devices)
+    if mesh is not None and tc.batch_size % sharding.size(mesh):
+        mesh = None
+    place = None
+    if mesh is not None:
+        params, opt_state = sharding.replicate((params, opt_state), mesh)
+        rows = sharding.rows(mesh)
+        place = lambda b: jax.device_put({k: np.asarray(v) for k, v in b.items()},   # noqa: E731
+                                         rows if len(b["weight"]) % sharding.size(mesh) == 0
+                                         else sharding.replicated(mesh))
     from tqdm.auto import tqdm
     key = dropout_key(tc)
     for epoch in range(start + 1, tc.epochs + 1):
@@ -405,13 +421,14 @@ def finetune(cfg: ModelConfig, params, tok, train: Sequence[Example], dev: Seque
         bar = tqdm(batches(data_tr, tc.batch_size, buckets, order, pad), total=per_epoch, disable=not progress,
                    desc=f"epoch {epoch}/{tc.epochs}", leave=False, unit="batch")
         for i, b in enumerate(bar):
-            params, opt_state, m = train_step(params, opt_state, {k: jnp.asarray(v) for k, v in b.items()},
+            params, opt_state, m = train_step(params, opt_state,
+                                              place(b) if place else {k: jnp.asarray(v) for k, v in b.items()},
                                               jax.random.fold_in(ek, i))
             losses.append(float(m["loss"]))
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
         bar.close()
         train_s += time.perf_counter() - t0
-        metrics = evaluate(cfg, task, tc, params, data_dev, eval_step, buckets, tok, list(dev))
+        metrics = evaluate(cfg, task, tc, params, data_dev, eval_step, buckets, tok, list(dev), place)
         history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), **metrics,
                         "epoch_s": time.perf_counter() - t0})
         log(f"epoch {epoch}: train loss {history[-1]['train_loss']:.4f}, dev "
@@ -421,6 +438,8 @@ def finetune(cfg: ModelConfig, params, tok, train: Sequence[Example], dev: Seque
                                                                    "train_s": train_s})
         if on_epoch_end is not None:
             on_epoch_end(epoch, history[-1])
+    if mesh is not None:
+        params = sharding.to_default_device(params)
     for h in history:
         if _better(task, h[task.metric], best[task.metric] if best else None):
             best = h

@@ -44,7 +44,9 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
+from .. import sharding
 from ..dtypes import as_dtype
 from ..models import check_batch
 from ..models.blocks import Probed, Probes, activation_fn
@@ -250,6 +252,37 @@ def _kernels_explicit(sel, rest, batch, batch2, *, cfg, output, kinds, chunk, dt
         b = _flat(_grads_tree(cfg, output, sel, rest, batch2, chunk), n2)
     acc = {k: jnp.zeros((n1, n2), jnp.float32) for k in kinds}
     return _gram_add(acc, a, b, kinds, gram, impl)
+
+
+@partial(jax.jit, static_argnames=("mesh", "cfg", "output", "kinds", "chunk", "dtype", "gram", "impl"))
+def _kernels_explicit_mesh(sel, rest, batch, batch2, *, mesh, cfg, output, kinds, chunk, dtype, gram, impl):
+    """`_kernels_explicit` with the examples split across `mesh` (batches already padded and placed
+    row-sharded): each device forms the per-example gradients of its examples (`shard_map`, the
+    same vmapped chunks as on one device), and the Gram products of the row-sharded G are left to
+    XLA's partitioner, which gathers the factors it needs."""
+    sel, rest = _cast(sel, dtype), _cast(rest, dtype)
+    rows = P(sharding.mesh_axis(mesh))
+
+    def local_grads(s, r, b):   # per-example gradients are local: no reduction over devices
+        return _flat(_grads_tree(cfg, output, s, r, b, chunk), b["input_ids"].shape[0])
+
+    grads = jax.shard_map(local_grads, mesh=mesh, in_specs=(P(), P(), rows), out_specs=rows, check_vma=False)
+    a = grads(sel, rest, batch)
+    b = a if batch2 is None else grads(sel, rest, batch2)
+    n1, n2 = a[0].shape[0], b[0].shape[0]
+    acc = {k: jnp.zeros((n1, n2), jnp.float32) for k in kinds}
+    return _gram_add(acc, a, b, kinds, gram, impl)
+
+
+def _full_on_mesh(mesh, s, r, b1, b2, *, chunk, **kw):
+    n1 = b1["input_ids"].shape[0]
+    n2 = n1 if b2 is None else b2["input_ids"].shape[0]
+    local = sharding.padded(max(n1, n2), mesh) // sharding.size(mesh)
+    sb1 = sharding.shard_rows(b1, mesh)
+    sb2 = None if b2 is None else sharding.shard_rows(b2, mesh)
+    out = _kernels_explicit_mesh(sharding.replicate(s, mesh), sharding.replicate(r, mesh), sb1, sb2, mesh=mesh,
+                                 chunk=balanced_chunk(local, chunk), **kw)
+    return {k: sharding.to_default_device(v[:n1, :n2]) for k, v in out.items()}
 
 
 # --------------------------------------------------------------------------- Jacobian-free (tokens)
@@ -547,7 +580,8 @@ def plan_kernels(cfg, params, batch, *, selector=None, kinds=("ntk", "sign"), ba
 
 def kernels(cfg, params, batch, *, output=None, selector=None, kinds=("ntk", "sign"), batch2=None,
             chunk=None, param_block=None, compute_dtype=None, strategy="auto",
-            memory_budget_bytes=None, gram_precision="highest", gram_impl="auto", return_plan=False):
+            memory_budget_bytes=None, gram_precision="highest", gram_impl="auto", return_plan=False,
+            devices="auto"):
     """Empirical NTKs {kind: (N1, N2) float32} of scalar `output` w.r.t. the `selector`'s params.
 
     output: default `class_prob(0)`; selector: default `all_mlps()`; kinds ⊆ KINDS;
@@ -558,8 +592,12 @@ def kernels(cfg, params, batch, *, output=None, selector=None, kinds=("ntk", "si
     gram_precision: "highest" (fp32 FMA) or "bf16x3"/"bf16x6"/"bf16x9" (G split into three bf16
     pieces, products on bf16 tensor cores with fp32 accumulation; "sign" always uses all three
     pieces); gram_impl: "split" (explicit pieces), "preset" (XLA's DotAlgorithmPreset
-    BF16_BF16_F32_X*, GPU only) or "auto" (preset on GPU, split elsewhere).
+    BF16_BF16_F32_X*, GPU only) or "auto" (preset on GPU, split elsewhere);
+    devices: "auto" (all local devices when more than one), None or 1 (one device), a count,
+    devices or a `Mesh` (`ntkfuse.sharding.make_mesh`): the "full" strategy splits the examples
+    across them (same kernels within float32 round-off); the other strategies run on one device.
     """
+    mesh = sharding.make_mesh(devices)
     output = class_prob(0) if output is None else output
     selector = all_mlps() if selector is None else selector
     if not isinstance(selector, Selector):
@@ -596,8 +634,12 @@ def kernels(cfg, params, batch, *, output=None, selector=None, kinds=("ntk", "si
         for block in plan.blocks:
             sel = selector if plan.strategy == "full" else restrict(selector, block)
             s, r = sel.split(params)
-            part = _kernels_explicit(s, r, b1, b2, cfg=cfg, output=output, kinds=kinds, chunk=plan.chunk,
+            if mesh is not None and plan.strategy == "full":
+                part = _full_on_mesh(mesh, s, r, b1, b2, cfg=cfg, output=output, kinds=kinds, chunk=plan.chunk,
                                      dtype=dtype, **gram)
+            else:
+                part = _kernels_explicit(s, r, b1, b2, cfg=cfg, output=output, kinds=kinds, chunk=plan.chunk,
+                                         dtype=dtype, **gram)
             out = part if out is None else {k: out[k] + part[k] for k in kinds}
     return (out, plan) if return_plan else out
 

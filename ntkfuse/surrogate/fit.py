@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from .. import sharding
 from ..files import atomic_write
 from ..models.blocks import activation_fn, fixed_fields
 
@@ -173,7 +174,7 @@ def _split(key, n: int, holdout: float):
 
 
 @functools.lru_cache(maxsize=32)
-def _build(fc: FitConfig, activation: str, cls, n_train: int):
+def _build(fc: FitConfig, activation: str, cls, n_train: int, mesh=None):
     act = activation_fn(activation)
     tx = fc.optimizer()
     bs = min(fc.batch_size, n_train)
@@ -199,6 +200,9 @@ def _build(fc: FitConfig, activation: str, cls, n_train: int):
         epoch, i = state.step // per_epoch, state.step % per_epoch
         idx = jax.lax.dynamic_slice(perms[epoch - epoch0], (i * bs,), (bs,))
         xb, yb = jnp.take(x, idx, axis=1), jnp.take(y, idx, axis=1)
+        if mesh is not None:   # data parallel: the batch's tokens split across devices, params replicated
+            tokens = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, sharding.mesh_axis(mesh)))
+            xb, yb = jax.lax.with_sharding_constraint((xb, yb), tokens)
         (_, per), grads = jax.value_and_grad(lambda p: (lambda l: (l.sum(), l))(losses(p, fixed, xb, yb)),
                                              has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -282,13 +286,17 @@ def _restore(mngr, template: FitState):
 
 
 def fit_blocks(blocks: Sequence, x, y, fc: FitConfig = FitConfig(), activation: str = "gelu", *,
-               checkpoint_dir: Optional[str] = None, stop_at: Optional[int] = None) -> FitResult:
+               checkpoint_dir: Optional[str] = None, stop_at: Optional[int] = None, devices="auto") -> FitResult:
     """Fit `blocks[l]` to map `x[l]` → `y[l]` (x, y: (L, N, d) arrays), all layers together.
 
     `checkpoint_dir`: orbax checkpoints every `fc.checkpoint_every` steps and at the end;
     an existing checkpoint of the same fit (same config, data and blocks) is resumed.
     `stop_at`: stop after that many total steps without a final checkpoint, as a kill
     would (for testing resume).
+    `devices`: "auto" (all local devices when more than one), None or 1, a count, devices or a
+    Mesh: data parallel, each step's batch of tokens split across them (params and data
+    replicated; XLA's partitioner reduces the gradients), same numbers within float32
+    round-off. Used only when the batch size is a multiple of the device count.
     """
     if not isinstance(x, jax.Array):
         x = np.asarray(x)
@@ -307,8 +315,12 @@ def fit_blocks(blocks: Sequence, x, y, fc: FitConfig = FitConfig(), activation: 
         xh, yh = jnp.asarray(x[:, ho]), jnp.asarray(y[:, ho])
     else:   # no split: use the arrays as given (device arrays are not copied)
         xt, yt, xh, yh = jnp.asarray(x), jnp.asarray(y), None, None
-    tx, train_block, evaluate = _build(fc, activation, st.cls, len(tr))
+    mesh = sharding.make_mesh(devices)
+    if mesh is not None and min(fc.batch_size, len(tr)) % sharding.size(mesh):
+        mesh = None
+    tx, train_block, evaluate = _build(fc, activation, st.cls, len(tr), mesh)
     state = init_state(fc, st.params)
+    fixed = st.fixed
     history = {"step": [], "train": [], "heldout": []}
     mngr = None
     if checkpoint_dir is not None:
@@ -327,6 +339,10 @@ def fit_blocks(blocks: Sequence, x, y, fc: FitConfig = FitConfig(), activation: 
         got = _restore(mngr, state)
         if got is not None:
             state, history = got
+    if mesh is not None:
+        state, fixed, xt, yt = sharding.replicate((state, fixed, xt, yt), mesh)
+        if xh is not None:
+            xh, yh = sharding.replicate((xh, yh), mesh)
     pending = []                             # (step, train, heldout) device arrays not yet in history
 
     def flush():
@@ -347,11 +363,11 @@ def fit_blocks(blocks: Sequence, x, y, fc: FitConfig = FitConfig(), activation: 
         for every in ((fc.eval_every if xh is not None else 0), ce):
             if every:
                 nxt = min(nxt, (s // every + 1) * every)
-        state, last = train_block(state, st.fixed, xt, yt, nxt - s)
+        state, last = train_block(state, fixed, xt, yt, nxt - s)
         bar.update(nxt - s)
         s = nxt
         if xh is not None and (s % fc.eval_every == 0 or s == fc.steps):
-            state, cur = evaluate(state, st.fixed, xh, yh)
+            state, cur = evaluate(state, fixed, xh, yh)
             pending.append((s, last, cur))
             if fc.patience > 0:
                 done = bool(state.done)
@@ -362,6 +378,8 @@ def fit_blocks(blocks: Sequence, x, y, fc: FitConfig = FitConfig(), activation: 
             _save(mngr, state, history)
     bar.close()
     flush()
+    if mesh is not None:
+        state = sharding.to_default_device(state)
     if stop_at is not None and s >= stop_at and s < fc.steps and not done:   # simulated kill: no final save
         return FitResult(unstack_blocks(st, state.params), state, history, False)
     if mngr is not None:

@@ -1,0 +1,35 @@
+"""NTK kernels with the examples split over 8 devices equal the one-device kernels."""
+from tests.sharding.run import run_on_8_devices
+
+
+def test_full_strategy_matches_one_device():
+    run_on_8_devices("""
+        import numpy as np
+        import ntkfuse
+        from ntkfuse import ntk
+
+        cfg = ntkfuse.ModelConfig(family="bert", vocab_size=30, hidden=8, intermediate=12, num_layers=2,
+                                  num_heads=2, max_positions=16)
+        params = ntkfuse.init_params(cfg, jax.random.PRNGKey(0))
+        params = {**params, "layers": jax.tree_util.tree_map(lambda a: a * 20, params["layers"])}
+        rng = np.random.default_rng(0)
+        def batch(n):   # n not a multiple of 8: padded rows must be dropped
+            ids = rng.integers(3, 30, (n, 6)).astype(np.int32)
+            mask = np.ones_like(ids); mask[1, 4:] = 0
+            return {"input_ids": ids, "attention_mask": mask}
+        b1, b2 = batch(11), batch(5)
+        kinds = ("ntk", "sign", "sign_sym")
+        for kw in (dict(), dict(batch2=b2), dict(chunk=1)):
+            one, plan1 = ntk.kernels(cfg, params, b1, kinds=kinds, strategy="full", devices=None,
+                                     return_plan=True, **kw)
+            many, plan8 = ntk.kernels(cfg, params, b1, kinds=kinds, strategy="full", devices="auto",
+                                      return_plan=True, **kw)
+            assert plan1 == plan8
+            for k in kinds:
+                a, b = np.asarray(one[k]), np.asarray(many[k])
+                assert a.shape == b.shape == (11, 5 if "batch2" in kw else 11)
+                assert np.abs(a).max() > 1e-3, k
+                np.testing.assert_allclose(b, a, rtol=2e-5, atol=1e-6 * np.abs(a).max(), err_msg=f"{k} {kw}")
+        # a mesh-computed kernel mixes with one-device arrays
+        assert float(jax.numpy.sum(many["ntk"] - one["ntk"])) == float(np.sum(np.asarray(many["ntk"]) - np.asarray(one["ntk"])))
+    """)
