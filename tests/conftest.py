@@ -11,10 +11,16 @@ transformers 5 has no Flax classes; `pytorch_model.bin` is written with
 from __future__ import annotations
 
 import dataclasses
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+# The entry points switch JAX's persistent compilation cache on; in tests it goes to a
+# throw-away directory, never the user's ~/.cache (set before any test imports the CLI).
+os.environ.setdefault("NTKFUSE_CACHE_DIR", tempfile.mkdtemp(prefix="ntkfuse-test-jax-cache-"))
 
 FORMATS = ("safetensors", "sharded", "bin", "flax")
 
