@@ -160,3 +160,16 @@ def test_ntk_compare_cli_on_tiny_llama(tmp_path, capsys):
     assert res["config"]["output"] == "target-logprob"
     for r in res["results"]:
         assert np.isfinite(r["ntk_rel"]) and r["ntk_rel"] > 0
+
+
+def test_fused_llama_saves_and_restores_bit_identically(checkpoints, tmp_path):
+    from ntkfuse.compress import compress, restore_compressed, save_compressed
+    loaded = ntkfuse.load(checkpoints["llama3_rope"][1], tokenizer=False)
+    new = compress(loaded.cfg, loaded.params, "fusion", [1], 8, jax.random.PRNGKey(0), n_init=1)
+    save_compressed(tmp_path / "c", loaded.cfg, new, {"method": "fusion"})
+    r = restore_compressed(tmp_path / "c")
+    cfg, params = r[0], r[1]
+    assert cfg == loaded.cfg and params["layers"][1]["mlp"].counts == new["layers"][1]["mlp"].counts
+    batch = {k: jnp.asarray(v) for k, v in _batch().items()}
+    np.testing.assert_array_equal(np.asarray(ntkfuse.jit_forward(cfg, params, batch).logits),
+                                  np.asarray(ntkfuse.jit_forward(loaded.cfg, new, batch).logits))
