@@ -26,8 +26,8 @@ BASE = dict(vocab_size=50, hidden_size=32, intermediate_size=48, num_hidden_laye
 VARIANTS = {
     "llama": ("LlamaConfig", dict(num_key_value_heads=4)),
     "llama_gqa_tied": ("LlamaConfig", dict(num_key_value_heads=2, tie_word_embeddings=True)),
-    "llama_linear_rope": ("LlamaConfig", dict(num_key_value_heads=2, rope_scaling={"rope_type": "linear", "factor": 2.0},
-                                              attention_bias=True)),
+    "llama_linear_rope": ("LlamaConfig", dict(num_key_value_heads=2, attention_bias=True,
+                                              rope_scaling={"rope_type": "linear", "factor": 2.0})),
     "llama3_rope": ("LlamaConfig", dict(num_key_value_heads=1, rope_theta=500000.0, rope_scaling={
         "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
         "original_max_position_embeddings": 16})),
@@ -173,3 +173,14 @@ def test_fused_llama_saves_and_restores_bit_identically(checkpoints, tmp_path):
     batch = {k: jnp.asarray(v) for k, v in _batch().items()}
     np.testing.assert_array_equal(np.asarray(ntkfuse.jit_forward(cfg, params, batch).logits),
                                   np.asarray(ntkfuse.jit_forward(loaded.cfg, new, batch).logits))
+
+
+@pytest.mark.parametrize("name,change", [("mistral", dict(sliding_window=None)), ("llama3_rope", dict(rope_scaling=None)),
+                                         ("llama_gqa_tied", dict(rope_theta=20000.0))])
+def test_parity_would_catch_a_wrong_field(checkpoints, name, change):
+    """The variants exercise their fields: dropping the window or the scaling breaks parity."""
+    model, d = checkpoints[name]
+    loaded = ntkfuse.load(d, tokenizer=False)
+    batch = _batch()
+    out = ntkfuse.jit_forward(loaded.cfg.replace(**change), loaded.params, {k: jnp.asarray(v) for k, v in batch.items()})
+    assert rel_err(out.logits, _hf(model, batch)[0], batch["attention_mask"]) > 1e-3

@@ -88,7 +88,8 @@ class GatedMLP(Block):
     def sketch_neurons(self, top: Array, rest: Array, S: Array) -> "GatedMLP":
         """Kept neurons `top` plus Sᵀ on the neuron rows of W_gate and W_up, W_down S."""
         cat = lambda a, b, ax=0: jnp.concatenate([a, b], axis=ax)  # noqa: E731
-        return GatedMLP(cat(self.w_gate[top], S.T @ self.w_gate[rest]), cat(self.w_up[top], S.T @ self.w_up[rest]),
+        return GatedMLP(cat(self.w_gate[top], S.T @ self.w_gate[rest]),
+                        cat(self.w_up[top], S.T @ self.w_up[rest]),
                         cat(self.w_down[:, top], self.w_down[:, rest] @ S, 1))
 
 

@@ -198,8 +198,10 @@ def config_from_hf(d, *, head=None, num_labels=None, name="") -> dict:
     window = d.get("sliding_window") if mt == "mistral" else None
     return dict(family="llama", vocab_size=d["vocab_size"], hidden=d["hidden_size"],
                 intermediate=d["intermediate_size"], num_layers=d["num_hidden_layers"],
-                num_heads=d["num_attention_heads"], num_kv_heads=d.get("num_key_value_heads") or d["num_attention_heads"],
-                max_positions=d.get("max_position_embeddings", 2048), activation=hf_activation(d.get("hidden_act", "silu")),
+                num_heads=d["num_attention_heads"],
+                num_kv_heads=d.get("num_key_value_heads") or d["num_attention_heads"],
+                max_positions=d.get("max_position_embeddings", 2048),
+                activation=hf_activation(d.get("hidden_act", "silu")),
                 layer_norm_eps=d.get("rms_norm_eps", 1e-6), type_vocab_size=0,
                 pad_token_id=d.get("pad_token_id") or 0, num_labels=hf_num_labels(d, num_labels),
                 head=head or "lm", name=name, dropout=0.0, attention_dropout=d.get("attention_dropout", 0.0) or 0.0,
