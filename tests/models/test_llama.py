@@ -2,7 +2,7 @@
 checkpoints written with save_pretrained (safetensors), loading, GQA, rope scaling, tied and
 untied heads, list vs scan stack, fusion identity, the NTK and the ntk_compare CLI.
 
-Tolerance as tests/models/test_parity.py: ‖ours − hf‖ / ‖hf‖ < 1e-4 over non-padding
+Tolerance: ‖ours − hf‖ / ‖hf‖ < 1e-5 (test_parity.py uses 1e-4) over non-padding
 positions, for the logits and every hidden state.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from tests.models.test_parity import rel_err
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-TOL = 1e-4
+TOL = 1e-5   # 50x the measured error (≤ 2.1e-7); tighter than test_parity.py so that a missing rope scaling fails
 BASE = dict(vocab_size=50, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
             max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2)
 # name -> (HF config class, extra config fields)
@@ -176,11 +176,12 @@ def test_fused_llama_saves_and_restores_bit_identically(checkpoints, tmp_path):
 
 
 @pytest.mark.parametrize("name,change", [("mistral", dict(sliding_window=None)), ("llama3_rope", dict(rope_scaling=None)),
-                                         ("llama_gqa_tied", dict(rope_theta=20000.0))])
+                                         ("llama_linear_rope", dict(rope_scaling=None))])
 def test_parity_would_catch_a_wrong_field(checkpoints, name, change):
     """The variants exercise their fields: dropping the window or the scaling breaks parity."""
     model, d = checkpoints[name]
     loaded = ntkfuse.load(d, tokenizer=False)
     batch = _batch()
     out = ntkfuse.jit_forward(loaded.cfg.replace(**change), loaded.params, {k: jnp.asarray(v) for k, v in batch.items()})
-    assert rel_err(out.logits, _hf(model, batch)[0], batch["attention_mask"]) > 1e-3
+    err = rel_err(out.logits, _hf(model, batch)[0], batch["attention_mask"])
+    assert err > 10 * TOL, err
