@@ -2,10 +2,13 @@
 magnitude, svd, mmd. Pure functions of the pretrained block and a PRNG key.
 
 Neuron i of a DenseMLP is the sub-MLP z_i = [W1[i, :], b1[i], W2[:, i]] ∈ R^{2d+1}
-(R^{2d} when the block has no b1). b2 is always kept unchanged.
+(R^{2d} when the block has no b1). b2 is always kept unchanged. A GatedMLP's neuron is
+[W_gate[i], W_up[i], W_down[:, i]] ∈ R^{3d} (docs/gated.md); the methods ask the block
+for its neuron operations (features, scores, fuse, cluster, sketch), never its fields.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from functools import partial
 from typing import Sequence
@@ -15,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..models import replace_mlps
-from ..models.blocks import DenseMLP, FusedMLP, LowRankMLP, activation_fn
+from ..models.blocks import DenseMLP, LowRankMLP, activation_fn
 from ..validate import check_layers, check_options, check_width, keyword_defaults
 from .kmeans import _kmeans_layer, run_batched
 
@@ -58,22 +61,20 @@ def _kmeans(block, width, key, n_init, max_iter, tol):
 def fusion(block, width, key, km=None, *, n_init=30, max_iter=300, tol=1e-4):
     """k-means over the neurons; centroids with the fixed diag(n) of cluster sizes (FusedMLP)."""
     km = _kmeans(block, width, key, n_init, max_iter, tol) if km is None else km
-    return FusedMLP.from_neurons(block, km.centroids, km.counts)
+    return block.fuse(km.centroids, km.counts)
 
 
 def cluster(block, width, key, km=None, *, n_init=30, max_iter=300, tol=1e-4):
     """The same k-means; √n absorbed into both layers: a plain DenseMLP (W1', b1' rows and W2'
     columns scaled by √n_j)."""
     km = _kmeans(block, width, key, n_init, max_iter, tol) if km is None else km
-    w1, b1, w2 = block.split_neurons(km.centroids)
-    s = jnp.sqrt(jnp.asarray(km.counts, jnp.float32))
-    return DenseMLP(w1 * s[:, None], None if b1 is None else b1 * s, w2 * s[None, :], block.b2)
+    return block.cluster_neurons(km.centroids, km.counts)
 
 
 def sketch(block, width, key, *, keep=0):
     """W1' = SᵀW1, b1' = Sᵀb1, W2' = W2 S with S_ij ~ N(0, 1/k); `keep` top-score neurons kept exactly."""
     keep = int(keep)
-    D = block.w1.shape[0]
+    D = block.width
     if keep:
         top = jnp.sort(jnp.argsort(-block.neuron_scores())[:keep])
         rest = jnp.setdiff1d(jnp.arange(D), top, size=D - keep)
@@ -81,10 +82,7 @@ def sketch(block, width, key, *, keep=0):
         top, rest = jnp.zeros((0,), jnp.int32), jnp.arange(D)
     r = width - keep
     S = jax.random.normal(key, (D - keep, r), jnp.float32) / math.sqrt(r) if r else jnp.zeros((D - keep, 0))
-    w1 = jnp.concatenate([block.w1[top], S.T @ block.w1[rest]], axis=0)
-    b1 = None if block.b1 is None else jnp.concatenate([block.b1[top], S.T @ block.b1[rest]])
-    w2 = jnp.concatenate([block.w2[:, top], block.w2[:, rest] @ S], axis=1)
-    return DenseMLP(w1, b1, w2, block.b2)
+    return block.sketch_neurons(top, rest, S)
 
 
 def prune(block, width, key, *, score="l2"):
@@ -132,16 +130,21 @@ def _options(method, options):
 
 def _check_block(block, method, width, opts, where=""):
     if not getattr(block, "compressible", False):
-        raise CompressionError(f"{where}{method} compresses an original block (DenseMLP), "
+        raise CompressionError(f"{where}{method} compresses an original block (DenseMLP, GatedMLP), "
                                f"got {type(block).__name__}")
-    D, d = block.w1.shape
+    if method in block.unsupported_methods:
+        ok = [m for m in METHODS if m not in block.unsupported_methods]
+        raise CompressionError(f"{where}{method} does not apply to {type(block).__name__}; supported: {', '.join(ok)}")
+    D = block.width
     check_width(width, D, error=CompressionError, what=f"{where}width")
     if method == "sketch" and not 0 <= int(opts["keep"]) <= width:
         raise CompressionError(f"{where}sketch keep must be in [0, width={width}], got {opts['keep']}")
-    if method == "svd" and opts["rank"] is not None and not 0 < int(opts["rank"]) <= min(D, d):
-        raise CompressionError(f"{where}svd rank must be in [1, {min(D, d)}], got {opts['rank']}")
-    for name, a in zip(("w1", "b1", "w2", "b2"), block.neuron_view()[:4]):
-        if a is not None and not bool(np.all(np.isfinite(np.asarray(a)))):
+    if method == "svd" and opts["rank"] is not None and not 0 < int(opts["rank"]) <= min(D, block.w1.shape[1]):
+        raise CompressionError(f"{where}svd rank must be in [1, {min(D, block.w1.shape[1])}], got {opts['rank']}")
+    for f in dataclasses.fields(block):
+        a = getattr(block, f.name)
+        name = f.name
+        if a is not None and not f.metadata.get("fixed") and not bool(np.all(np.isfinite(np.asarray(a)))):
             raise CompressionError(f"{where}{name} contains NaN or infinite values")
 
 
@@ -328,7 +331,7 @@ def _kmeans_of_blocks(blocks: dict, width, keys: dict, opts, devices="auto") -> 
     (split across `devices` when there are several)."""
     groups, out = {}, {}
     for l, b in blocks.items():
-        groups.setdefault((b.w1.shape, b.b1 is None), []).append(l)
+        groups.setdefault((type(b).__name__, b.neuron_features().shape), []).append(l)
     for group in groups.values():
         Xs = jnp.stack([blocks[l].neuron_features() for l in group])
         ks = jnp.stack([keys[l] for l in group])
@@ -355,11 +358,11 @@ def _check_kmeans_result(km, blocks, width):
         raise CompressionError(f"kmeans_result must be a dict {{layer: KMeansResult}} for layers "
                                f"{sorted(blocks)} (from kmeans_layers), got {got}")
     for l, b in blocks.items():
-        want = (int(width), 2 * b.w1.shape[1] + (b.b1 is not None))   # neuron_features' width
-        if tuple(km[l].centroids.shape) != want or int(np.sum(np.asarray(km[l].counts))) != b.w1.shape[0]:
+        want = (int(width), int(b.neuron_features().shape[1]))
+        if tuple(km[l].centroids.shape) != want or int(np.sum(np.asarray(km[l].counts))) != b.width:
             raise CompressionError(f"kmeans_result[{l}] does not fit layer {l} at width {width}: centroids "
                                    f"{tuple(km[l].centroids.shape)}, expected {want}, counts summing to "
-                                   f"{b.w1.shape[0]}")
+                                   f"{b.width}")
 
 
 def compress(cfg, params: dict, method: str, layers: Sequence[int], width: int, key, *, kmeans_result=None,

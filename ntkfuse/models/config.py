@@ -31,7 +31,7 @@ class ModelConfig:
     num_layers: int
     num_heads: int
     max_positions: int
-    activation: str = "gelu"     # "gelu" | "gelu_tanh" | "relu"
+    activation: str = "gelu"     # "gelu" | "gelu_tanh" | "relu" | "silu"
     layer_norm_eps: float = 1e-12
     type_vocab_size: int = 2
     pad_token_id: int = 0
@@ -51,9 +51,21 @@ class ModelConfig:
     attention_dropout: float = 0.0               # attention probabilities
     embed_dropout: Optional[float] = None        # embeddings output; None: `dropout` (GPT-2: embd_pdrop)
     classifier_dropout: Optional[float] = None   # classifier head; None: `dropout` (HF classifier_dropout)
+    # Llama-style decoders (families/llama.py); `layer_norm_eps` is their RMSNorm eps.
+    num_kv_heads: Optional[int] = None           # grouped-query attention; None: num_heads
+    rope_theta: float = 10000.0
+    rope_scaling: Optional[tuple] = None         # ((key, value), ...) pairs, rope_type first
+    tie_word_embeddings: bool = True             # LM head = word embeddings (GPT-2 always)
+    qkv_bias: bool = False                       # q/k/v projections have biases (Qwen2)
+    out_bias: bool = False                       # the attention output projection has a bias
+    sliding_window: Optional[int] = None         # Mistral: a query sees the last `sliding_window` keys
 
     def __post_init__(self):
         fam = get_family(self.family)
+        if self.rope_scaling is not None:   # hashable again after a JSON round trip (lists)
+            object.__setattr__(self, "rope_scaling", tuple(tuple(kv) for kv in self.rope_scaling))
+        if self.num_kv_heads is not None and (self.num_kv_heads < 1 or self.num_heads % self.num_kv_heads):
+            raise ValueError(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
         if self.hidden % self.num_heads:
             raise ValueError(f"hidden size {self.hidden} is not divisible by num_heads {self.num_heads}")
         if self.head not in HEADS:
@@ -68,6 +80,10 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.hidden // self.num_heads
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
 
     @property
     def is_decoder(self) -> bool:

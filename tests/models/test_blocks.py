@@ -9,8 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ntkfuse.models.blocks import (MLP_KINDS, DenseMLP, FusedMLP, LinearMLP, LowRankLinearMLP, LowRankMLP,
+from ntkfuse.models.blocks import (MLP_KINDS, DenseMLP, FusedGatedMLP, FusedMLP, LinearMLP, LowRankLinearMLP, LowRankMLP,
                                    Probed, Probes, activation_fn, apply_mlp, count_params, fixed_fields, is_mlp)
+from tests.models.test_gated_blocks import GATED_NAMES, make_gated
 
 d, D, k, r = 6, 10, 4, 3
 COUNTS = (1, 3, 2, 4)
@@ -90,7 +91,8 @@ def test_param_count_and_flops(kind):
 
 def test_fixed_fields_are_metadata_not_leaves():
     assert fixed_fields(FusedMLP) == ("counts",)
-    assert all(fixed_fields(cls) == () for cls in MLP_KINDS if cls is not FusedMLP)
+    assert all(fixed_fields(cls) == () for cls in MLP_KINDS if cls not in (FusedMLP, FusedGatedMLP))
+    assert fixed_fields(FusedGatedMLP) == ("counts",)
     f = make("fused")
     names = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(f)[0]]
     assert not any("counts" in n for n in names)
@@ -178,4 +180,7 @@ def test_apply_mlp_rejects_non_blocks():
 @pytest.mark.parametrize("cls", MLP_KINDS)
 def test_every_kind_is_a_frozen_dataclass_pytree(cls):
     assert dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen
-    assert cls.kind in KIND_NAMES and jax.tree_util.tree_leaves(make(cls.kind))
+    # the gated kinds' own tests are in test_gated_blocks.py
+    assert cls.kind in KIND_NAMES + GATED_NAMES
+    block = make(cls.kind) if cls.kind in KIND_NAMES else make_gated(cls.kind)
+    assert jax.tree_util.tree_leaves(block)

@@ -18,7 +18,8 @@ PACKAGE = Path(ntkfuse.__file__).parent
 
 
 def test_registry_is_immutable_and_names_match():
-    assert tuple(FAMILIES) == ("bert", "roberta", "gpt2") == SUPPORTED_MODEL_TYPES
+    assert tuple(FAMILIES) == ("bert", "roberta", "gpt2", "llama")
+    assert SUPPORTED_MODEL_TYPES == ("bert", "roberta", "gpt2", "llama", "mistral", "qwen2")
     with pytest.raises(TypeError):
         FAMILIES["t5"] = FAMILIES["bert"]
     for name, fam in FAMILIES.items():
@@ -27,16 +28,18 @@ def test_registry_is_immutable_and_names_match():
 
 
 def test_unknown_family_names_the_supported_ones():
-    with pytest.raises(UnsupportedModelError, match="unsupported model family 't5'; supported: bert, roberta, gpt2"):
+    with pytest.raises(UnsupportedModelError,
+                       match="unsupported model family 't5'; supported: bert, roberta, gpt2, llama"):
         get_family("t5")
-    with pytest.raises(UnsupportedModelError, match="model_type 'llama'.*bert, roberta, gpt2"):
-        family_for_model_type("llama")
+    with pytest.raises(UnsupportedModelError, match="model_type 'mixtral'.*bert, roberta, gpt2, llama, mistral, qwen2"):
+        family_for_model_type("mixtral")
 
 
 @pytest.mark.parametrize("name,head,data,output,decoder,token_types", [
     ("bert", "classifier", "sample:sentiment", "class-prob", False, True),
     ("roberta", "classifier", "sample:sentiment", "class-prob", False, True),
-    ("gpt2", "lm", "sample:webnlg", "target-logprob", True, False)])
+    ("gpt2", "lm", "sample:webnlg", "target-logprob", True, False),
+    ("llama", "lm", "sample:webnlg", "target-logprob", True, False)])
 def test_family_defaults(name, head, data, output, decoder, token_types):
     fam = get_family(name)
     assert (fam.default_head, fam.default_data, fam.default_output, fam.is_decoder, fam.token_types) == \
@@ -86,7 +89,7 @@ def test_new_fields_default_off_and_are_checked():
 # --------------------------------------------------------------------------- batch checks
 
 
-@pytest.mark.parametrize("family,reserved", [("bert", 0), ("roberta", 2), ("gpt2", 0)])
+@pytest.mark.parametrize("family,reserved", [("bert", 0), ("roberta", 2), ("gpt2", 0), ("llama", 0)])
 def test_position_limit(family, reserved):
     """RoBERTa's position ids start after the pad id: it loses pad_token_id + 1 positions."""
     cfg = ModelConfig(family=family, vocab_size=10, hidden=8, intermediate=16, num_layers=1, num_heads=2,
@@ -98,10 +101,10 @@ def test_position_limit(family, reserved):
         ntkfuse.check_batch(cfg, {"input_ids": np.full((1, limit + 1), 3)})
 
 
-@pytest.mark.parametrize("family", ["bert", "roberta", "gpt2"])
+@pytest.mark.parametrize("family", ["bert", "roberta", "gpt2", "llama"])
 def test_token_type_range_checked_only_where_the_family_has_token_types(family):
     cfg = ModelConfig(family=family, vocab_size=10, hidden=8, intermediate=16, num_layers=1, num_heads=2,
-                      max_positions=12, type_vocab_size=2 if family != "gpt2" else 0,
+                      max_positions=12, type_vocab_size=2 if get_family(family).token_types else 0,
                       head=get_family(family).default_head)
     batch = {"input_ids": np.full((1, 4), 3), "token_type_ids": np.array([[0, 1, 2, 0]])}
     if get_family(family).token_types:
@@ -111,7 +114,7 @@ def test_token_type_range_checked_only_where_the_family_has_token_types(family):
         ntkfuse.check_batch(cfg, batch)
 
 
-@pytest.mark.parametrize("family", ["bert", "roberta", "gpt2"])
+@pytest.mark.parametrize("family", ["bert", "roberta", "gpt2", "llama"])
 def test_init_is_the_family_init(family):
     cfg = ModelConfig(family=family, vocab_size=10, hidden=8, intermediate=16, num_layers=2, num_heads=2,
                       max_positions=12, head=get_family(family).default_head)

@@ -12,11 +12,12 @@ from .base import (NEURON_TOKEN_GRADS, Block, NeuronView, Probes, activation_fn,
                    neuron_forward)
 from .dense import DenseMLP
 from .fused import FusedMLP
+from .gated import FusedGatedMLP, GatedMLP
 from .linear import LinearMLP, LowRankLinearMLP
 from .low_rank import LowRankMLP
 from .probe import Probed
 
-MLP_KINDS = (DenseMLP, FusedMLP, LowRankMLP, LinearMLP, LowRankLinearMLP)
+MLP_KINDS = (DenseMLP, FusedMLP, LowRankMLP, LinearMLP, LowRankLinearMLP, GatedMLP, FusedGatedMLP)
 KINDS_BY_NAME = {cls.__name__: cls for cls in MLP_KINDS}
 
 
@@ -39,5 +40,6 @@ def count_params(block) -> int:
 
 
 __all__ = ["Block", "block_kind", "fixed_fields", "activation_fn", "lin", "NeuronView", "Probes", "neuron_forward",
-           "NEURON_TOKEN_GRADS", "DenseMLP", "FusedMLP", "LowRankMLP", "LinearMLP", "LowRankLinearMLP", "Probed",
+           "NEURON_TOKEN_GRADS", "DenseMLP", "FusedMLP", "LowRankMLP", "LinearMLP", "LowRankLinearMLP", "GatedMLP",
+           "FusedGatedMLP", "Probed",
            "MLP_KINDS", "KINDS_BY_NAME", "is_mlp", "apply_mlp", "count_params"]

@@ -30,9 +30,11 @@ def activation_fn(name: str) -> Callable[[Array], Array]:
         return lambda x: jax.nn.gelu(x, approximate=True)
     if name == "relu":
         return jax.nn.relu
+    if name == "silu":
+        return jax.nn.silu
     if name == "identity":
         return lambda x: x
-    raise ValueError(f"unknown activation {name!r}; known: gelu, gelu_tanh, relu, identity")
+    raise ValueError(f"unknown activation {name!r}; known: gelu, gelu_tanh, relu, silu, identity")
 
 
 def fixed_fields(block_or_cls) -> tuple:
@@ -131,6 +133,8 @@ class Block:
     compressible: ClassVar[bool] = False
     # {leaf name: (δ factor, u factor or None)} when the NTK's Jacobian-free strategies apply.
     token_grads: ClassVar[Optional[Mapping]] = None
+    # One-shot methods a compressible kind cannot apply (a CompressionError names the rest).
+    unsupported_methods: ClassVar[tuple] = ()
 
     @property
     def width(self) -> int:

@@ -69,5 +69,23 @@ class DenseMLP(Block):
         o = 2 if score == "l2" else 1
         return jnp.linalg.norm(self.w1, ord=o, axis=1) * jnp.linalg.norm(self.w2, ord=o, axis=0)
 
+    def fuse(self, M: Array, counts):
+        """Fusion's block: centroid rows M with the fixed diag(n) of cluster sizes `counts`."""
+        from .fused import FusedMLP   # fused.py imports this module
+        return FusedMLP.from_neurons(self, M, counts)
+
+    def cluster_neurons(self, M: Array, counts) -> "DenseMLP":
+        """Centroids with √n_j absorbed into both layers (W1', b1' rows and W2' columns)."""
+        w1, b1, w2 = self.split_neurons(M)
+        s = jnp.sqrt(jnp.asarray(counts, jnp.float32))
+        return DenseMLP(w1 * s[:, None], None if b1 is None else b1 * s, w2 * s[None, :], self.b2)
+
+    def sketch_neurons(self, top: Array, rest: Array, S: Array) -> "DenseMLP":
+        """Kept neurons `top` plus W1' = SᵀW1, b1' = Sᵀb1, W2' = W2 S over the neurons `rest`."""
+        w1 = jnp.concatenate([self.w1[top], S.T @ self.w1[rest]], axis=0)
+        b1 = None if self.b1 is None else jnp.concatenate([self.b1[top], S.T @ self.b1[rest]])
+        w2 = jnp.concatenate([self.w2[:, top], self.w2[:, rest] @ S], axis=1)
+        return DenseMLP(w1, b1, w2, self.b2)
+
 
 __all__ = ["DenseMLP"]
