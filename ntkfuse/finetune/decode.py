@@ -139,11 +139,11 @@ def greedy_decode(cfg: ModelConfig, params: dict, batch: dict, max_new_tokens: i
     at `eos_id` (None: never) and the loop once every row has stopped. Tokens after a row's
     EOS are `pad_id` (default: `eos_id`, else 0), as HF `generate` pads them.
     Equals HF `GPT2LMHeadModel.generate(do_sample=False, num_beams=1)` token for token."""
-    # The cached step below is the decoder layer of the registry's decoder families (GPT-2's
-    # pre-LN layer with learned positions); a family with another layer brings its own step.
-    if not get_family(cfg.family).is_decoder or cfg.head != "lm":
-        raise DecodeError(f"greedy decoding needs a decoder language model (head lm); "
-                          f"got family {cfg.family!r}, head {cfg.head!r}")
+    # The cached step below implements the layers of families that declare `cached_decoding`
+    # (GPT-2's pre-LN layer with learned positions); others need their own step first.
+    if not get_family(cfg.family).cached_decoding or cfg.head != "lm":
+        raise DecodeError(f"greedy decoding with a KV cache needs a decoder language model whose family "
+                          f"supports it (head lm, cached_decoding); got family {cfg.family!r}, head {cfg.head!r}")
     if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
         raise DecodeError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
     ids = np.asarray(batch["input_ids"])

@@ -162,3 +162,13 @@ def test_bad_input(models, change, match):
     cfg = change.pop("cfg", CFG)
     with pytest.raises(DecodeError, match=match):
         greedy_decode(cfg, models["dense"], batch, **{"max_new_tokens": 4, **change})
+
+
+def test_refuses_a_decoder_family_without_a_cached_step():
+    """Llama is a decoder family, but the KV-cache step implements GPT-2's layer only."""
+    import ntkfuse.models.families as F
+    assert F.get_family("gpt2").cached_decoding and not F.get_family("llama").cached_decoding
+    cfg = CFG.replace(family="llama", activation="silu")
+    batch = {"input_ids": np.ones((1, 4), np.int32), "attention_mask": np.ones((1, 4), np.int32)}
+    with pytest.raises(DecodeError, match="cached_decoding"):
+        greedy_decode(cfg, None, batch, 3)

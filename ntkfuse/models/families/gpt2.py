@@ -89,5 +89,6 @@ def config_from_hf(d, *, head=None, num_labels=None, name="") -> dict:
 FAMILIES = (
     Family(name="gpt2", model_types=("gpt2",), config_from_hf=config_from_hf, init=init, forward=forward,
            params_from_hf=params_from_hf, heads=("lm", "none"), default_data="sample:webnlg",
-           default_output="target-logprob", is_decoder=True, token_types=False, hf_prefixes=("transformer.",)),
+           default_output="target-logprob", is_decoder=True, token_types=False, hf_prefixes=("transformer.",),
+           cached_decoding=True),
 )

@@ -41,6 +41,9 @@ class Family:
     token_types: bool                     # has token-type embeddings (batch check of token_type_ids)
     hf_prefixes: tuple = ()               # model prefixes of HF weight names ("bert.", "transformer.")
     reserved_positions: Callable = lambda cfg: 0
+    # finetune.decode's KV-cache step implements this family's layer (GPT-2's pre-LN layer
+    # with learned positions); a family with another layer needs its own cached step first
+    cached_decoding: bool = False
 
     @property
     def default_head(self) -> str:
