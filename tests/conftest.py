@@ -22,6 +22,18 @@ import pytest
 # throw-away directory, never the user's ~/.cache (set before any test imports the CLI).
 os.environ.setdefault("NTKFUSE_CACHE_DIR", tempfile.mkdtemp(prefix="ntkfuse-test-jax-cache-"))
 
+@pytest.fixture(autouse=True)
+def _compile_cache_stays_local():
+    """Tests that run an entry point in-process switch JAX's persistent compilation cache on;
+    put the previous settings back afterwards, so the rest of the session compiles as
+    before (a whole suite compiling through the cache segfaulted once in XLA:CPU)."""
+    import jax
+    before = (jax.config.jax_enable_compilation_cache, jax.config.jax_compilation_cache_dir)
+    yield
+    jax.config.update("jax_enable_compilation_cache", before[0])
+    jax.config.update("jax_compilation_cache_dir", before[1])
+
+
 FORMATS = ("safetensors", "sharded", "bin", "flax")
 
 
