@@ -5,7 +5,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ..blocks import DenseMLP
+from ..blocks import DenseMLP, apply_mlp
+from ..layers import dropout
+from ..outputs import ModelOutput
 
 # HF activation names -> ntkfuse activation names (see models/mlp.activation_fn).
 HF_ACTIVATIONS = {
@@ -93,3 +95,31 @@ def head_rate(cfg) -> float:
 
 def site_key(key, site):
     return None if key is None else jax.random.fold_in(key, site)
+
+
+# --------------------------------------------------------------------------- pre-norm decoders
+
+
+def pre_norm_layer(cfg, norm, attend, collect: bool):
+    """The decoder layer GPT-2 and the Llama family share, for `stack.run_layers`:
+    h += drop(attend(attn params, norm(h), probs key)); h += drop(mlp(norm(h))). `norm(p, x, eps)`
+    is the family's LayerNorm or RMSNorm; with `collect` it also returns (h, MLP input, MLP output)."""
+    eps = cfg.layer_norm_eps
+
+    def layer(lp, h, key):
+        a = attend(lp["attn"], norm(lp["ln_attn"], h, eps), site_key(key, ATTN_PROBS))
+        h = h + dropout(a, cfg.dropout, site_key(key, ATTN_OUT))
+        x = norm(lp["ln_mlp"], h, eps)
+        m = apply_mlp(lp["mlp"], x, cfg.activation)
+        h = h + dropout(m, cfg.dropout, site_key(key, MLP_OUT))
+        return h, ((h, x, m) if collect else None)
+
+    return layer
+
+
+def pre_norm_output(logits, h, hs0, aux) -> ModelOutput:
+    """ModelOutput with what the layers collected; as in HF, the last hidden state is the
+    final norm's output `h`, not the last layer's."""
+    hs, mins, mouts = zip(*aux) if aux else ((), (), ())
+    hs = (hs0, *hs[:-1], h) if hs else (h,)
+    return ModelOutput(logits, h, hs, tuple(mins), tuple(mouts))

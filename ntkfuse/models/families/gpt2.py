@@ -4,12 +4,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ..blocks import DenseMLP, apply_mlp
+from ..blocks import DenseMLP
 from ..layers import attention_bias, dropout, embed_lookup, layer_norm, self_attention
 from ..outputs import ModelOutput
 from ..stack import run_layers
-from .common import (ATTN_OUT, ATTN_PROBS, EMBED, LAYERS, MLP_OUT, embed_rate, hf_activation, hf_linear, hf_ln, hf_num_labels,
-                     init_layer, init_ln, normal, site_key)
+from .common import (EMBED, LAYERS, embed_rate, hf_activation, hf_linear, hf_ln, hf_num_labels,
+                     init_layer, init_ln, normal, pre_norm_layer, pre_norm_output, site_key)
 from .registry import Family
 
 
@@ -26,25 +26,15 @@ def forward(cfg, params: dict, batch: dict, collect: bool = False, rng=None) -> 
     h = dropout(h, embed_rate(cfg), site_key(rng, EMBED))
     bias = attention_bias(mask, causal=True)
     eps = cfg.layer_norm_eps
-
-    def layer(lp, h, key):
-        a = self_attention(lp["attn"], layer_norm(lp["ln_attn"], h, eps), bias, cfg.num_heads,
-                           cfg.attention_dropout, site_key(key, ATTN_PROBS))
-        h = h + dropout(a, cfg.dropout, site_key(key, ATTN_OUT))
-        x = layer_norm(lp["ln_mlp"], h, eps)
-        m = apply_mlp(lp["mlp"], x, cfg.activation)
-        h = h + dropout(m, cfg.dropout, site_key(key, MLP_OUT))
-        return h, ((h, x, m) if collect else None)
-
+    layer = pre_norm_layer(cfg, layer_norm, lambda p, x, k: self_attention(p, x, bias, cfg.num_heads,
+                                                                          cfg.attention_dropout, k), collect)
     hs0 = h
     h, aux = run_layers(layer, params["layers"], h, scan=cfg.scan_layers, remat=cfg.remat, rng=site_key(rng, LAYERS))
     h = layer_norm(params["ln_f"], h, eps)
     logits = h @ p["word"].T.astype(h.dtype) if cfg.head == "lm" else None
     if not collect:
         return ModelOutput(logits, h)
-    hs, mins, mouts = zip(*aux) if aux else ((), (), ())
-    hs = (hs0, *hs[:-1], h) if hs else (h,)   # HF: the last hidden state is after ln_f
-    return ModelOutput(logits, h, hs, tuple(mins), tuple(mouts))
+    return pre_norm_output(logits, h, hs0, aux)
 
 
 def init(cfg, key, dtype=jnp.float32) -> dict:

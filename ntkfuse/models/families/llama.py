@@ -13,11 +13,11 @@ import math
 import jax
 import jax.numpy as jnp
 
-from ..blocks import GatedMLP, apply_mlp
+from ..blocks import GatedMLP
 from ..layers import attention_bias, dropout, linear
 from ..outputs import ModelOutput
 from ..stack import run_layers
-from .common import ATTN_OUT, ATTN_PROBS, LAYERS, MLP_OUT, hf_activation, hf_num_labels, normal, site_key
+from .common import LAYERS, hf_activation, hf_num_labels, normal, pre_norm_layer, pre_norm_output, site_key
 from .registry import Family, UnsupportedModelError
 
 ROPE_TYPES = ("default", "linear", "llama3")
@@ -94,15 +94,7 @@ def forward(cfg, params: dict, batch: dict, collect: bool = False, rng=None) -> 
     ang = jnp.concatenate([ang, ang], axis=-1)
     cos, sin = jnp.cos(ang).astype(h.dtype), jnp.sin(ang).astype(h.dtype)
     eps = cfg.layer_norm_eps
-
-    def layer(lp, h, key):
-        a = gqa_attention(cfg, lp["attn"], rms_norm(lp["ln_attn"], h, eps), bias, cos, sin, site_key(key, ATTN_PROBS))
-        h = h + dropout(a, cfg.dropout, site_key(key, ATTN_OUT))
-        x = rms_norm(lp["ln_mlp"], h, eps)
-        m = apply_mlp(lp["mlp"], x, cfg.activation)
-        h = h + dropout(m, cfg.dropout, site_key(key, MLP_OUT))
-        return h, ((h, x, m) if collect else None)
-
+    layer = pre_norm_layer(cfg, rms_norm, lambda p, x, k: gqa_attention(cfg, p, x, bias, cos, sin, k), collect)
     hs0 = h
     h, aux = run_layers(layer, params["layers"], h, scan=cfg.scan_layers, remat=cfg.remat, rng=site_key(rng, LAYERS))
     h = rms_norm(params["ln_f"], h, eps)
@@ -112,9 +104,7 @@ def forward(cfg, params: dict, batch: dict, collect: bool = False, rng=None) -> 
         logits = h @ w.T.astype(h.dtype)
     if not collect:
         return ModelOutput(logits, h)
-    hs, mins, mouts = zip(*aux) if aux else ((), (), ())
-    hs = (hs0, *hs[:-1], h) if hs else (h,)   # HF: the last hidden state is after the final norm
-    return ModelOutput(logits, h, hs, tuple(mins), tuple(mouts))
+    return pre_norm_output(logits, h, hs0, aux)
 
 
 # --------------------------------------------------------------------------- init and weights
