@@ -87,6 +87,7 @@ class CompareConfig:
     task_examples: int = DEFAULT_TASK_EXAMPLES   # labelled examples for kernel classification (0: off)
     task_folds: int = DEFAULT_TASK_FOLDS     # cross-validation folds of kernel classification
     chunk: Optional[int] = None              # examples per Jacobian chunk (memory only; not in the hash)
+    scan_layers: bool = True                 # kernels scan the layer stack (compile time only; not in the hash)
 
     def replace(self, **kw) -> "CompareConfig":
         return dataclasses.replace(self, **kw)
@@ -351,7 +352,7 @@ def cv_accuracy(K, labels, n_folds: int, num_classes: int, ridge: float = TASK_R
 
 def config_hash(plan: Plan) -> str:
     """Hash of everything that determines the reference kernel and every method's inputs
-    (not the method list, not method options, not chunk); see `method_hash`."""
+    (not the method list, not method options, not chunk or scan_layers); see `method_hash`."""
     c = plan.config
     key = {"version": __version__, "model": c.model, "model_config": plan.cfg.to_dict(), "layers": plan.layers,
            "width": plan.width, "ntk_params": c.ntk_params, "kernel": sorted(parse_list(c.kernel)),
@@ -389,7 +390,7 @@ def _kinds(plan: Plan) -> tuple:
 def _kernels(plan: Plan, params, scalar, selector, batch=None) -> dict:
     from .. import ntk
     ks = ntk.kernels(plan.cfg, params, plan.batch if batch is None else batch, output=scalar, selector=selector,
-                     kinds=_kinds(plan), chunk=plan.config.chunk)
+                     kinds=_kinds(plan), chunk=plan.config.chunk, scan_layers=plan.config.scan_layers)
     return {k: np.asarray(jax.device_get(ks[k]), np.float64) for k in _kinds(plan)}
 
 
@@ -400,7 +401,8 @@ def _all_kernels(plan: Plan, params) -> dict:
     out = {"full": _kernels(plan, params, scalar, _selector(plan)), "layers": {}, "task": None}
     if plan.per_layer:
         out["layers"] = ntk.layer_kernels(plan.cfg, params, plan.batch, plan.layers, output=scalar,
-                                          kinds=_kinds(plan), chunk=plan.config.chunk)
+                                          kinds=_kinds(plan), chunk=plan.config.chunk,
+                                          scan_layers=plan.config.scan_layers)
     if plan.task_batch is not None:
         out["task"] = _kernels(plan, params, scalar, _selector(plan), plan.task_batch)
     return out
@@ -768,7 +770,9 @@ def verdict(result: dict, key: str, name: str, lower_is_better: bool = True) -> 
     """One sentence: which compressing method is best on `key`, and whether its lead exceeds
     the spread (`spread.leader`: the one-std intervals do not overlap) or which are tied."""
     summ = {r["method"]: r for r in _summary(result) if r["method"] in compressing_methods(result)}
-    stats = {m: (r[key], r.get(f"{key}_std", 0.0)) for m, r in summ.items() if r.get(key) is not None}
+    # A measure that was not computed (e.g. kernel accuracy with --task-examples 0) is NaN: no verdict.
+    stats = {m: (r[key], r.get(f"{key}_std", 0.0)) for m, r in summ.items()
+             if r.get(key) is not None and np.isfinite(r[key])}
     if not stats:
         return None
     best, tied, leads = spread.leader(stats, lower_is_better)

@@ -80,6 +80,13 @@ def test_verdict_names_ties_and_refuses_single_seed_claims():
     assert "sketch" in v and "tied within one std with fusion" in v and "magnitude" not in v
     one = compare.verdict(result([0], rows[:1] + rows[3:4]), "sign_rel", "sign NTK rel")
     assert "single seed" in one and "ahead" not in one
+    # A measure not computed (kernel accuracy with --task-examples 0: NaN everywhere) has no verdict,
+    # and NaN methods are left out of a measure that others have.
+    nan_rows = [dict(r, sign_acc=float("nan")) for r in rows]
+    assert compare.verdict(result([0, 1, 2], nan_rows), "sign_acc", "sign kernel accuracy", False) is None
+    part = [dict(r, sign_rel=float("nan")) if r["method"] == "sketch" else r for r in rows]
+    v = compare.verdict(result([0, 1, 2], part), "sign_rel", "sign NTK rel")
+    assert "fusion" in v and "sketch" not in v
 
 
 # --------------------------------------------------------------------------- kernel classification
