@@ -7,7 +7,7 @@ the family registered for the config's `model_type`.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Union
 
 from .families.registry import (SUPPORTED_MODEL_TYPES, UnsupportedModelError, family_for_model_type,  # noqa: F401
                                 get_family)
@@ -45,7 +45,7 @@ class ModelConfig:
     # Layer stack (models/stack.py): lax.scan over runs of identical layers, and
     # rematerialisation of each layer in the backward pass. Same numbers either way.
     scan_layers: bool = False
-    remat: bool = False
+    remat: Union[bool, str] = False             # False | True (store layer inputs) | "dots" (and matmul outputs)
     # Dropout rates at HF's places, applied only when forward gets an `rng` key.
     dropout: float = 0.0                         # hidden/residual (HF hidden_dropout_prob, resid_pdrop)
     attention_dropout: float = 0.0               # attention probabilities
@@ -72,6 +72,8 @@ class ModelConfig:
             raise ValueError(f"unknown head {self.head!r}; expected {', '.join(HEADS[:-1])} or {HEADS[-1]}")
         if self.head not in fam.heads:
             raise ValueError(f"head {self.head!r} is not available for family {self.family!r}")
+        if self.remat not in (False, True, "dots"):
+            raise ValueError(f"remat must be False, True or 'dots', got {self.remat!r}")
         for name in ("dropout", "attention_dropout", "embed_dropout", "classifier_dropout"):
             rate = getattr(self, name)
             if rate is not None and not 0.0 <= rate < 1.0:

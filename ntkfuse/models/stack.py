@@ -6,7 +6,11 @@ consecutive layers whose layer dicts have the same pytree structure (MLP kind, f
 metadata such as fusion counts, None biases) and the same leaf shapes and dtypes, so a
 deep uniform model compiles one layer instead of N. The params stay a list: each run is
 stacked inside the traced function. `cfg.remat` wraps the layer in `jax.checkpoint`
-(recompute activations in the backward pass instead of storing them).
+(recompute activations in the backward pass instead of storing them): True stores only the
+layer's input; "dots" also stores the outputs of its un-batched matmuls (the projections
+and MLP matmuls) and recomputes the rest — attention scores and probabilities, softmax,
+dropout masks, GELU, LayerNorm — which costs a few % of the FLOPs and saves the
+(B, H, T, T) attention tensors that otherwise dominate a training step's memory.
 
 Layer i's dropout key is `fold_in(rng, i)` either way (a scanned input under scan), so
 dropout masks do not depend on the switch either.
@@ -20,10 +24,15 @@ import jax.numpy as jnp
 
 
 def layer_runs(layers) -> list[tuple[int, int]]:
-    """[(start, stop)] of maximal runs of consecutive layers that can share one scan."""
+    """[(start, stop)] of maximal runs of consecutive layers that can share one scan.
+
+    Leaves must also be of the same tracer type: stacking a leaf that is being
+    differentiated (or vmapped) with one that is a constant would make the scan compute
+    the derivative (or the batch) for every layer of the run, e.g. per-example weight
+    gradients of layers the NTK does not select."""
     def sig(lp):
         leaves, treedef = jax.tree_util.tree_flatten(lp)
-        return treedef, tuple((tuple(x.shape), jnp.dtype(x.dtype)) for x in leaves)
+        return treedef, tuple((tuple(x.shape), jnp.dtype(x.dtype), type(x)) for x in leaves)
 
     runs, start = [], 0
     sigs = [sig(lp) for lp in layers]
@@ -34,6 +43,19 @@ def layer_runs(layers) -> list[tuple[int, int]]:
     return runs
 
 
+REMAT = (False, True, "dots")
+
+
+def _remat(layer: Callable, remat) -> Callable:
+    if remat is False or remat is None:
+        return layer
+    if remat is True:
+        return jax.checkpoint(layer)
+    if remat == "dots":
+        return jax.checkpoint(layer, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
+    raise ValueError(f"remat must be one of {REMAT}, got {remat!r}")
+
+
 def run_layers(layer: Callable, layers, h, *, scan: bool = False, remat: bool = False, rng=None):
     """Apply `layer(lp, h, key) -> (h, aux)` over `layers` in order; returns (h, [aux per layer]).
 
@@ -41,7 +63,7 @@ def run_layers(layer: Callable, layers, h, *, scan: bool = False, remat: bool = 
     scan and split back per layer, so callers see the same list either way. `key` is None
     when `rng` is None.
     """
-    fn = jax.checkpoint(layer) if remat else layer
+    fn = _remat(layer, remat)
     auxs = []
     for start, stop in (layer_runs(layers) if scan else [(i, i + 1) for i in range(len(layers))]):
         if stop - start == 1:

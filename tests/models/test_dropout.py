@@ -103,6 +103,27 @@ def test_scan_gives_the_same_dropout_masks(family):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("stack", [{"remat": "dots"}, {"scan_layers": True, "remat": "dots"}, {"remat": True}],
+                         ids=["remat-dots", "scan+remat-dots", "remat"])
+def test_remat_recomputes_the_same_dropout_masks(family, stack):
+    """Under remat the backward pass recomputes the masks from the key: the gradients with
+    dropout on equal the stored-activation ones (a different mask would change them)."""
+    cfg, params = model(family, num_layers=3)
+    cfg = cfg.replace(dropout=0.2, attention_dropout=0.1)
+    batch = batch_of(cfg)
+    key = jax.random.PRNGKey(7)
+
+    def grads(c, k):
+        return jax.jit(jax.grad(lambda p: jnp.sum(jnp.square(ntkfuse.forward(c, p, batch, rng=k).logits))))(params)
+
+    ref = leaves(grads(cfg, key))
+    for x, y in zip(leaves(grads(cfg.replace(**stack), key)), ref, strict=True):
+        np.testing.assert_allclose(x, y, rtol=2e-5, atol=1e-6)
+    other = leaves(grads(cfg.replace(**stack), jax.random.PRNGKey(8)))
+    assert not all(np.allclose(x, y) for x, y in zip(other, ref))
+
+
 def _mean_gap(cfg, params, batch, index, n):
     """‖mean over n keys of hidden_states[index] − the no-dropout one‖, relative to the part
     dropout acts on (the layer's update ref − hidden_states[index − 1]; all of it at index 0)."""

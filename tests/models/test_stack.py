@@ -16,7 +16,8 @@ from ntkfuse.models.stack import layer_runs
 
 FAMILIES = ("bert", "roberta", "gpt2")
 STACKS = {"list": {}, "scan": {"scan_layers": True}, "scan+remat": {"scan_layers": True, "remat": True},
-          "list+remat": {"remat": True}}
+          "list+remat": {"remat": True}, "scan+remat-dots": {"scan_layers": True, "remat": "dots"},
+          "list+remat-dots": {"remat": "dots"}}
 # float32 round-off of one differently fused layer is ~1e-7 relative; scan vs unrolled
 # code may reorder a reduction, nothing more.
 RTOL = 1e-6
@@ -77,8 +78,9 @@ def reference(request):
     return cfg, params, batch, ntkfuse.jit_forward(cfg, params, batch, True)
 
 
-@pytest.mark.parametrize("stack,jit", [("scan", True), ("scan+remat", True), ("list+remat", True), ("scan", False)],
-                         ids=["scan-jit", "scan+remat-jit", "list+remat-jit", "scan-eager"])
+@pytest.mark.parametrize("stack,jit", [("scan", True), ("scan+remat", True), ("list+remat", True), ("scan", False),
+                                       ("scan+remat-dots", True)],
+                         ids=["scan-jit", "scan+remat-jit", "list+remat-jit", "scan-eager", "scan+remat-dots-jit"])
 def test_stack_forward_matches_list(reference, stack, jit):
     cfg, params, batch, ref = reference
     cfg2 = cfg.replace(**STACKS[stack])
@@ -101,7 +103,7 @@ def test_stack_gradients_match_list(family):
         return jax.jit(jax.grad(lambda p: jnp.sum(jnp.square(ntkfuse.forward(c, p, batch).logits))))(params)
 
     g_ref = grad(cfg)
-    for stack in ("scan", "scan+remat"):
+    for stack in ("scan", "scan+remat", "scan+remat-dots", "list+remat-dots"):
         g = grad(cfg.replace(**STACKS[stack]))
         assert jax.tree_util.tree_structure(g) == jax.tree_util.tree_structure(g_ref)
         assert isinstance(g["layers"], list) and g["layers"][5]["mlp"].counts == (4, 3, 2, 1) * 2
