@@ -16,10 +16,11 @@ linear schedule with 6% warm-up, global-norm clipping 1.0 as the peer clips; par
 optimizer state donated), dropout on (the peer trains in train mode), one fixed batch
 resident on the device, each step ended by `block_until_ready` (the peer synchronises).
   fp32 — `jax_default_matmul_precision="highest"` (no TF32; the peer turns TF32 off).
-  bf16 — fp32 master params; the step casts them to bfloat16 for the forward and
-         backward (gradients arrive in fp32 through the cast), LayerNorm statistics,
-         attention scores and the loss stay fp32: what torch.autocast does. The
-         fine-tuning step has no mixed-precision option, so this script wraps its loss.
+  bf16 — `TrainConfig(compute_dtype="bfloat16")`: fp32 master params cast to bfloat16
+         inside the jitted step (gradients arrive in fp32 through the cast), as
+         torch.autocast computes matmuls in bf16 from fp32 weights.
+--remat dots stores only the layers' un-batched matmul outputs and recomputes the
+attention probabilities and elementwise ops in the backward pass (cfg.remat).
 Every ntkfuse row runs in a fresh subprocess, so `peak_bytes_in_use` is that row's own;
 the peer resets its peak between its full and compressed rows. GiB = 2**30 on both sides.
 
@@ -58,6 +59,7 @@ KINDS = ("full", "dense", "fusion")
 DTYPES = ("fp32", "bf16")
 TARGETS = {"fp32": 1.3, "bf16": 2.0}        # minimum speedup over the peer, same batch
 GiB = 2 ** 30
+REMATS = ("none", "dots", "layer")
 SMALL_LAYERS = 1                             # --small: tiny 1-layer models, d = 64, D = 256
 
 
@@ -110,6 +112,8 @@ def _run_row(spec: dict) -> dict:
     cfg = model_config(spec["model"], spec["small"])
     if spec["scan"]:
         cfg = cfg.replace(scan_layers=True)
+    if spec.get("remat"):
+        cfg = cfg.replace(remat=True if spec["remat"] == "layer" else spec["remat"])
     task_kind = "generation" if cfg.is_decoder else "classification"
     t0 = time.perf_counter()
     with jax.default_device(jax.devices("cpu")[0]):  # init and k-means off the device: not in its peak
@@ -258,6 +262,9 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=None, help="timed steps, default 20 (3 --small)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scan", action="store_true", help="run the layer stack as lax.scan (cfg.scan_layers)")
+    ap.add_argument("--remat", default="none",
+                    help="rematerialisation (cfg.remat): none (default), dots (store the layers' un-batched matmul "
+                         "outputs, recompute attention probabilities and elementwise ops), layer (store layer inputs)")
     ap.add_argument("--prng", default="rbg", help="PRNG of the dropout masks: rbg (default), unsafe_rbg, "
                                                   "threefry2x32 (TrainConfig.prng_impl)")
     ap.add_argument("--no-dropout", action="store_true", help="no dropout (diagnosis: the RNG's share of a step)")
@@ -297,17 +304,12 @@ def main(argv=None):
     check_width(args.width, 256 if small else 3072, error=err)   # both models: D = 4d
     peer = find_peer(args.peer, small)
     comparable = peer is not None and not small
-    if args.scan:
-        import dataclasses
-
-        from ntkfuse.models import ModelConfig
-        if "scan_layers" not in {f.name for f in dataclasses.fields(ModelConfig)}:
-            raise err("--scan needs ModelConfig.scan_layers (the layer stack of issue 9)")
+    harness.check_choices("remat", [args.remat], REMATS)
 
     result = {"benchmark": "finetune", "small": small, "device": harness.device(), "versions": harness.versions(),
               "settings": {"seq": args.seq, "layers": layers, "width": args.width, "warmup": args.warmup,
                            "steps": args.steps, "seed": args.seed, "scan_layers": args.scan,
-                           "peer": None if peer is None else str(peer),
+                           "remat": args.remat, "peer": None if peer is None else str(peer),
                            "bf16": "TrainConfig(compute_dtype='bfloat16'): fp32 master params cast to bfloat16 "
                                    "inside the jitted step", "prng": args.prng, "dropout": not args.no_dropout,
                            "fp32": "jax_default_matmul_precision=highest (no TF32)"},
@@ -321,7 +323,7 @@ def main(argv=None):
                     spec = {"model": model, "dtype": dtype, "kind": kind, "small": small, "batch": batch,
                             "seq": args.seq, "layers": layers, "width": args.width, "warmup": args.warmup,
                             "steps": args.steps, "seed": args.seed, "scan": args.scan, "prng": args.prng,
-                            "no_dropout": args.no_dropout}
+                            "remat": None if args.remat == "none" else args.remat, "no_dropout": args.no_dropout}
                     # A fresh process per row keeps device peaks apart; --small (CPU, no peak) saves the starts.
                     ours[kind] = run_row(spec) if small else _subprocess_row(spec)
                     r = ours[kind]

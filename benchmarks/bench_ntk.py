@@ -104,6 +104,7 @@ def main():
                     help="float64 Gram of the same G as reference (needs G to fit) + Gram-only timings")
     ap.add_argument("--time-limit", type=float, default=1e9, help="skip remaining variants after this many s")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--save-kernels", action="store_true", help="also write kernels_<variant>.npz per variant")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     if args.small:
@@ -188,8 +189,10 @@ def main():
             continue
         med = t.median_s
         kernels_by_variant[name] = {k: np.asarray(K[k], np.float64) for k in K}
+        if args.save_kernels:
+            np.savez(out / f"kernels_{name}.npz", **kernels_by_variant[name])
         row = {"matmul_precision": matmul, "gram_precision": o.get("gram_precision", "highest"),
-               "gram_impl": plan.gram_impl, "compute_dtype": o.get("compute_dtype") or "float32",
+               "gram_impl": plan.gram_impl, "scan_layers": o.get("scan_layers", True), "compute_dtype": o.get("compute_dtype") or "float32",
                "plan": {"strategy": plan.strategy, "chunk": plan.chunk, "n_blocks": len(plan.blocks),
                         "d_chunks": list(plan.d_chunks), "g_bytes": plan.g_bytes, "budget": plan.budget},
                "first_call_s": first, "median_s": med, "times_s": times, "measured_over_floor": med / floor_s,
@@ -311,6 +314,7 @@ def render_md(r):
 VARIANTS = {
     # name: kernels() options (+ "matmul": jax_default_matmul_precision for the whole computation)
     "full": dict(strategy="full"),
+    "full-unrolled": dict(strategy="full", scan_layers=False),   # the layer stack unrolled (before issue 12)
     "full-chunk-n": dict(strategy="full", chunk=-1),            # -1: one chunk of all N
     "full-gram-bf16x3": dict(strategy="full", gram_precision="bf16x3"),
     "full-gram-bf16x6": dict(strategy="full", gram_precision="bf16x6"),
@@ -322,6 +326,7 @@ VARIANTS = {
     "full-all-bf16x6": dict(strategy="full", gram_precision="bf16x6", matmul="BF16_BF16_F32_X6"),
     "layers-all-bf16x9": dict(strategy="layers", gram_precision="bf16x9", matmul="BF16_BF16_F32_X9"),
     "auto": dict(),
+    "auto-unrolled": dict(scan_layers=False),
 }
 
 

@@ -86,6 +86,9 @@ def _parser() -> argparse.ArgumentParser:
     a("--reference-protocol", action="store_true", default=None,
       help="the reference's setup: compress layer 0 only, kernel w.r.t. layer 0's MLP, output error at layer 0")
     a("--chunk", type=int, help="examples per Jacobian chunk (memory only)")
+    a("--scan-layers", action=argparse.BooleanOptionalAction, default=None,
+      help="kernels run the layer stack as lax.scan, compiling one layer per run of identical layers "
+           "(default on; --no-scan-layers unrolls them: same kernels, longer compilation)")
     a("--out", help="output directory (default results/ntk_compare/<model>-<config hash>)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--resume", action="store_true",
@@ -98,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
 
 _FLAG_FIELDS = ("model", "methods", "layers", "width", "ntk_params", "kernel", "n_examples", "max_length", "data",
                 "seeds", "output", "class_index", "reduction", "n_init", "reference_protocol", "chunk", "per_layer",
-                "task_examples", "task_folds")
+                "task_examples", "task_folds", "scan_layers")
 
 
 def load_recipe(path: str) -> dict:

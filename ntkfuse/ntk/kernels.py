@@ -88,6 +88,14 @@ def _cast(tree, dtype):
     return jax.tree_util.tree_map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
 
 
+def _engine_cfg(cfg, scan_layers):
+    """`cfg` with the layer stack scanned or unrolled as the engine was asked (a compile-time
+    choice only: the 12 unrolled layers of a vmapped per-example gradient are most of the
+    first call's compilation)."""
+    scan_layers = bool(scan_layers)
+    return cfg if cfg.scan_layers == scan_layers else cfg.replace(scan_layers=scan_layers)
+
+
 def _dtype(compute_dtype):
     """The dtype names of `ntkfuse.dtypes.as_dtype`, as a scalar type; None stays None."""
     if compute_dtype is None:
@@ -581,7 +589,7 @@ def plan_kernels(cfg, params, batch, *, selector=None, kinds=("ntk", "sign"), ba
 def kernels(cfg, params, batch, *, output=None, selector=None, kinds=("ntk", "sign"), batch2=None,
             chunk=None, param_block=None, compute_dtype=None, strategy="auto",
             memory_budget_bytes=None, gram_precision="highest", gram_impl="auto", return_plan=False,
-            devices="auto"):
+            devices="auto", scan_layers=True):
     """Empirical NTKs {kind: (N1, N2) float32} of scalar `output` w.r.t. the `selector`'s params.
 
     output: default `class_prob(0)`; selector: default `all_mlps()`; kinds ⊆ KINDS;
@@ -595,8 +603,12 @@ def kernels(cfg, params, batch, *, output=None, selector=None, kinds=("ntk", "si
     BF16_BF16_F32_X*, GPU only) or "auto" (preset on GPU, split elsewhere);
     devices: "auto" (all local devices when more than one), None or 1 (one device), a count,
     devices or a `Mesh` (`ntkfuse.sharding.make_mesh`): the "full" strategy splits the examples
-    across them (same kernels within float32 round-off); the other strategies run on one device.
+    across them (same kernels within float32 round-off); the other strategies run on one device;
+    scan_layers: run the layer stack as `lax.scan` over runs of identical layers (the selected
+    layers form their own runs), so XLA compiles one layer per run instead of all of them
+    (same kernels within float32 round-off); False unrolls the layers as `cfg` would.
     """
+    cfg = _engine_cfg(cfg, scan_layers)
     mesh = sharding.make_mesh(devices)
     output = class_prob(0) if output is None else output
     selector = all_mlps() if selector is None else selector
@@ -644,8 +656,10 @@ def kernels(cfg, params, batch, *, output=None, selector=None, kinds=("ntk", "si
     return (out, plan) if return_plan else out
 
 
-def per_example_grads(cfg, params, batch, *, output=None, selector=None, chunk=None, compute_dtype=None):
+def per_example_grads(cfg, params, batch, *, output=None, selector=None, chunk=None, compute_dtype=None,
+                      scan_layers=True):
     """Per-example gradients: the selected sub-pytree (None elsewhere) with leaves (N, *shape)."""
+    cfg = _engine_cfg(cfg, scan_layers)
     output = class_prob(0) if output is None else output
     selector = all_mlps() if selector is None else selector
     if hasattr(output, "check"):
