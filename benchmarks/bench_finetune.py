@@ -112,8 +112,6 @@ def _run_row(spec: dict) -> dict:
     cfg = model_config(spec["model"], spec["small"])
     if spec["scan"]:
         cfg = cfg.replace(scan_layers=True)
-    if spec.get("remat"):
-        cfg = cfg.replace(remat=True if spec["remat"] == "layer" else spec["remat"])
     task_kind = "generation" if cfg.is_decoder else "classification"
     t0 = time.perf_counter()
     with jax.default_device(jax.devices("cpu")[0]):  # init and k-means off the device: not in its peak
@@ -130,7 +128,8 @@ def _run_row(spec: dict) -> dict:
     b, t = spec["batch"], spec["seq"]
     total = max(spec["warmup"], 1) + spec["steps"]    # the first step (compilation) is always untimed
     tc = TrainConfig(lr=2e-5, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.1, warmup=0.06, clip=1.0,
-                     batch_size=b, max_length=t, prng_impl=spec.get("prng", "rbg"))
+                     batch_size=b, max_length=t, prng_impl=spec.get("prng", "rbg"),
+                     remat=spec.get("remat") or "none")
     tx, step = make_step(cfg, task_kind, tc, total, spec["dtype"])
     # Committed to the device like the step's outputs: an uncommitted leaf (optax's step count)
     # would make the second call compile again.
@@ -170,7 +169,7 @@ def _run_row(spec: dict) -> dict:
             "times_s": timing.times, "final_loss": float(timing.out[2]["loss"]),
             "peak_mem_gb": None if peak is None else peak / GiB,
             "step_mem_gb": None if step_bytes is None else step_bytes / GiB, "build_s": build_s,
-            "prng": tc.prng_impl, "dropout": not spec.get("no_dropout", False)}
+            "prng": tc.prng_impl, "remat": tc.remat, "dropout": not spec.get("no_dropout", False)}
 
 
 # ----------------------------------------------------------------------------- driver
@@ -262,9 +261,10 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=None, help="timed steps, default 20 (3 --small)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scan", action="store_true", help="run the layer stack as lax.scan (cfg.scan_layers)")
-    ap.add_argument("--remat", default="none",
-                    help="rematerialisation (cfg.remat): none (default), dots (store the layers' un-batched matmul "
-                         "outputs, recompute attention probabilities and elementwise ops), layer (store layer inputs)")
+    ap.add_argument("--remat", default="dots",
+                    help="rematerialisation (TrainConfig.remat): dots (default, as fine-tuning; store the layers' un-batched matmul "
+                         "outputs, recompute attention probabilities and elementwise ops), none (store every activation), "
+                         "layer (store layer inputs)")
     ap.add_argument("--prng", default="rbg", help="PRNG of the dropout masks: rbg (default), unsafe_rbg, "
                                                   "threefry2x32 (TrainConfig.prng_impl)")
     ap.add_argument("--no-dropout", action="store_true", help="no dropout (diagnosis: the RNG's share of a step)")
@@ -323,7 +323,7 @@ def main(argv=None):
                     spec = {"model": model, "dtype": dtype, "kind": kind, "small": small, "batch": batch,
                             "seq": args.seq, "layers": layers, "width": args.width, "warmup": args.warmup,
                             "steps": args.steps, "seed": args.seed, "scan": args.scan, "prng": args.prng,
-                            "remat": None if args.remat == "none" else args.remat, "no_dropout": args.no_dropout}
+                            "remat": args.remat, "no_dropout": args.no_dropout}
                     # A fresh process per row keeps device peaks apart; --small (CPU, no peak) saves the starts.
                     ours[kind] = run_row(spec) if small else _subprocess_row(spec)
                     r = ours[kind]
