@@ -87,8 +87,8 @@ def _parser() -> argparse.ArgumentParser:
       help="the reference's setup: compress layer 0 only, kernel w.r.t. layer 0's MLP, output error at layer 0")
     a("--chunk", type=int, help="examples per Jacobian chunk (memory only)")
     a("--scan-layers", action=argparse.BooleanOptionalAction, default=None,
-      help="kernels run the layer stack as lax.scan, compiling one layer per run of identical layers "
-           "(default on; --no-scan-layers unrolls them: same kernels, longer compilation)")
+      help="kernels run the layer stack as lax.scan over runs of identical layers (default off: same kernels; "
+           "on an H100 it compiled 6%% faster but ran 27%% slower with 63%% more memory)")
     a("--out", help="output directory (default results/ntk_compare/<model>-<config hash>)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--resume", action="store_true",

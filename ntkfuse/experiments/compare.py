@@ -87,7 +87,7 @@ class CompareConfig:
     task_examples: int = DEFAULT_TASK_EXAMPLES   # labelled examples for kernel classification (0: off)
     task_folds: int = DEFAULT_TASK_FOLDS     # cross-validation folds of kernel classification
     chunk: Optional[int] = None              # examples per Jacobian chunk (memory only; not in the hash)
-    scan_layers: bool = True                 # kernels scan the layer stack (compile time only; not in the hash)
+    scan_layers: bool = False                # kernels scan the layer stack (speed/memory only; not in the hash)
 
     def replace(self, **kw) -> "CompareConfig":
         return dataclasses.replace(self, **kw)

@@ -90,8 +90,7 @@ def _cast(tree, dtype):
 
 def _engine_cfg(cfg, scan_layers):
     """`cfg` with the layer stack scanned or unrolled as the engine was asked (a compile-time
-    choice only: the 12 unrolled layers of a vmapped per-example gradient are most of the
-    first call's compilation)."""
+    and speed choice; the numbers agree within float32 round-off)."""
     scan_layers = bool(scan_layers)
     return cfg if cfg.scan_layers == scan_layers else cfg.replace(scan_layers=scan_layers)
 
@@ -589,7 +588,7 @@ def plan_kernels(cfg, params, batch, *, selector=None, kinds=("ntk", "sign"), ba
 def kernels(cfg, params, batch, *, output=None, selector=None, kinds=("ntk", "sign"), batch2=None,
             chunk=None, param_block=None, compute_dtype=None, strategy="auto",
             memory_budget_bytes=None, gram_precision="highest", gram_impl="auto", return_plan=False,
-            devices="auto", scan_layers=True):
+            devices="auto", scan_layers=False):
     """Empirical NTKs {kind: (N1, N2) float32} of scalar `output` w.r.t. the `selector`'s params.
 
     output: default `class_prob(0)`; selector: default `all_mlps()`; kinds ⊆ KINDS;
@@ -605,8 +604,10 @@ def kernels(cfg, params, batch, *, output=None, selector=None, kinds=("ntk", "si
     devices or a `Mesh` (`ntkfuse.sharding.make_mesh`): the "full" strategy splits the examples
     across them (same kernels within float32 round-off); the other strategies run on one device;
     scan_layers: run the layer stack as `lax.scan` over runs of identical layers (the selected
-    layers form their own runs), so XLA compiles one layer per run instead of all of them
-    (same kernels within float32 round-off); False unrolls the layers as `cfg` would.
+    layers form their own runs; same kernels within float32 round-off). Off by default: on an
+    H100 at roberta-base shape it saved 6% of the first call (compilation is mostly XLA's
+    autotuning, not the layer count) and cost 27% warm time and 63% more memory
+    (docs/bench/first_call_h100.json).
     """
     cfg = _engine_cfg(cfg, scan_layers)
     mesh = sharding.make_mesh(devices)
@@ -657,7 +658,7 @@ def kernels(cfg, params, batch, *, output=None, selector=None, kinds=("ntk", "si
 
 
 def per_example_grads(cfg, params, batch, *, output=None, selector=None, chunk=None, compute_dtype=None,
-                      scan_layers=True):
+                      scan_layers=False):
     """Per-example gradients: the selected sub-pytree (None elsewhere) with leaves (N, *shape)."""
     cfg = _engine_cfg(cfg, scan_layers)
     output = class_prob(0) if output is None else output
