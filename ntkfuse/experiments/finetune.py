@@ -66,6 +66,8 @@ class FinetuneRunConfig:
     method_options: Mapping = dataclasses.field(default_factory=dict)
     generate: bool = True
     max_new_tokens: int = 40
+    compute_dtype: str = "float32"          # "bfloat16": forward/backward in bf16 from float32 master params
+    remat: str = "dots"                     # TrainConfig.remat: dots | none | layer (memory only)
 
     def replace(self, **kw) -> "FinetuneRunConfig":
         return dataclasses.replace(self, **kw)
@@ -98,7 +100,8 @@ class Plan:
         clip = c.clip if c.clip is not None else (1.0 if self.task.kind == "generation" else None)
         return TrainConfig(lr=lr, epochs=c.epochs, batch_size=c.batch_size, weight_decay=c.weight_decay,
                            warmup=c.warmup, clip=clip, seed=seed, max_length=c.max_length,
-                           tune_epochs=c.tune_epochs, generate=c.generate, max_new_tokens=c.max_new_tokens)
+                           tune_epochs=c.tune_epochs, generate=c.generate, max_new_tokens=c.max_new_tokens,
+                           compute_dtype=c.compute_dtype, remat=c.remat)
 
     def resolved(self) -> dict:
         d = self.config.to_dict()
@@ -130,7 +133,7 @@ def check_settings(c: FinetuneRunConfig) -> tuple:
     # every TrainConfig check (epochs, batch size, warm-up, clip ...) before any loading
     TrainConfig(lr=lrs[0], epochs=c.epochs, batch_size=c.batch_size, weight_decay=c.weight_decay,
                 warmup=c.warmup, clip=c.clip, max_length=c.max_length, tune_epochs=c.tune_epochs,
-                max_new_tokens=c.max_new_tokens)
+                max_new_tokens=c.max_new_tokens, compute_dtype=c.compute_dtype, remat=c.remat)
     return methods, lrs, seeds
 
 

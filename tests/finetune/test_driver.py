@@ -100,6 +100,8 @@ def test_prepare_refuses_bad_data(tmp_path):
     (["--lrs", "fast"], "cannot parse the learning rates"),
     (["--task", "classification"], "--train"),
     (["--epochs", "0"], "epochs must be a positive integer"),
+    (["--compute-dtype", "float16"], "unknown compute_dtype 'float16'; choose from float32, bfloat16"),
+    (["--remat", "all"], "unknown remat 'all'; choose from none, dots, layer"),
 ])
 def test_cli_bad_input_is_one_line_exit_2(capsys, argv, match):
     import re
