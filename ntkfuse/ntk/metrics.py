@@ -39,19 +39,31 @@ def changed_layers(params_ref, params_new) -> list[int]:
 
 
 @partial(jax.jit, static_argnames=("cfg", "layer"))
-def _batch_sums(cfg, params_ref, params_new, batch, layer):
-    fb = {k: v for k, v in batch.items() if k != "target_mask"}
-    o_ref = forward(cfg, params_ref, fb, collect=True)
-    o_new = forward(cfg, params_new, fb, collect=True)
-    mask = fb["attention_mask"].astype(jnp.float32)
-    dist = jnp.linalg.norm((o_new.hidden_states[layer] - o_ref.hidden_states[layer]).astype(jnp.float32), axis=-1)
+def _outputs(cfg, params, batch, layer):
+    """(hidden_states[layer], logits) of one batch. Jitted per model structure on its own, so
+    comparing many compressed models against one reference compiles the reference once."""
+    o = forward(cfg, params, batch, collect=True)
+    return o.hidden_states[layer], o.logits
+
+
+@jax.jit
+def _sums(h_ref, logits_ref, h_new, logits_new, mask):
+    mask = mask.astype(jnp.float32)
+    dist = jnp.linalg.norm((h_new - h_ref).astype(jnp.float32), axis=-1)
     h_sum, h_cnt = jnp.sum(dist * mask), jnp.sum(mask)
-    if o_ref.logits is None:
+    if logits_ref is None:
         return h_sum, h_cnt, jnp.float32(0), jnp.float32(0)
-    dl = jnp.linalg.norm((o_new.logits - o_ref.logits).astype(jnp.float32), axis=-1)
+    dl = jnp.linalg.norm((logits_new - logits_ref).astype(jnp.float32), axis=-1)
     if dl.ndim == 1:  # classifier: one logit vector per example
         return h_sum, h_cnt, jnp.sum(dl), jnp.float32(dl.shape[0])
     return h_sum, h_cnt, jnp.sum(dl * mask), jnp.sum(mask)
+
+
+def _batch_sums(cfg, params_ref, params_new, batch, layer):
+    fb = {k: v for k, v in batch.items() if k != "target_mask"}
+    h_ref, l_ref = _outputs(cfg, params_ref, fb, layer)
+    h_new, l_new = _outputs(cfg, params_new, fb, layer)
+    return _sums(h_ref, l_ref, h_new, l_new, fb["attention_mask"])
 
 
 def output_error(cfg, params_ref, params_new, batches: Iterable[dict], layer: Optional[int] = None) -> dict:
