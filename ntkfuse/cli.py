@@ -1,5 +1,7 @@
 """Command-line entry points: `ntkfuse-compare` / `python scripts/ntk_compare.py`
-(`compare_main`) and `python scripts/fit_surrogates.py` (`fit_surrogates_main`).
+(`compare_main`), `python scripts/fit_surrogates.py` (`fit_surrogates_main`),
+`python scripts/finetune.py` (`finetune_main`) and `python scripts/perplexity.py`
+(`perplexity_main`).
 
 Bad input ends the program with one line on stderr and exit status 2, never a
 traceback: every check runs in the driver (`ntkfuse.experiments.compare.prepare`,
@@ -462,6 +464,87 @@ def finetune_main(argv: Optional[Sequence[str]] = None) -> int:
     from .experiments.reports import text_table
     print(text_table(head, [[str(c) for c in r] for r in cells]))
     print(f"\n{F.describe(result)}\nwall time {time.perf_counter() - t0:.1f} s; wrote "
+          + ", ".join(str(f) for f in files.values()))
+    return 0
+
+
+PERPLEXITY_HELP = """Perplexity of a decoder LM (GPT-2, Llama, Mistral, Qwen2) on a local text file, for the
+original model and for each compressed model, with the standard sliding window.
+
+    python scripts/perplexity.py --model gpt2 --text wiki.test.raw
+    python scripts/perplexity.py --model ./my-llama --text test.txt --max-length 2048 --stride 512 \\
+        --methods fusion,prune --layers 8-23 --width 2752
+
+The text is tokenized once; windows of --max-length tokens advance by --stride, each scoring
+only the tokens the previous window did not; perplexity = exp(total NLL / scored tokens),
+token-weighted. Written to --out (atomically; a rerun reuses finished methods):
+results.json, results.csv, results.md. See docs/perplexity.md."""
+
+
+def _perplexity_parser() -> argparse.ArgumentParser:
+    from .experiments.perplexity import PerplexityRunConfig
+    d = PerplexityRunConfig()
+    p = argparse.ArgumentParser(prog="perplexity.py", description=PERPLEXITY_HELP,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = p.add_argument
+    a("--model", default=d.model, help=f"a local HF checkpoint directory, or a hub id where the hub is reachable "
+                                       f"(default {d.model})")
+    a("--text", required=True, help="a local UTF-8 text file (the whole file is one text)")
+    a("--max-length", type=int, help="tokens per window (default min(1024, the model's positions))")
+    a("--stride", type=int, help="tokens a window advances, 1..max-length (default max-length / 2)")
+    a("--batch-size", type=int, default=d.batch_size, help=f"windows per forward (default {d.batch_size})")
+    a("--methods", help="comma list of compression methods to evaluate besides the full model (default: none)")
+    a("--layers", help="layers to compress: '2-5' or '4,5,6' (default: the last two thirds)")
+    a("--width", type=int, help="compressed MLP width k (default: D/4)")
+    a("--seed", type=int, default=d.seed, help=f"seed of the random methods (default {d.seed})")
+    a("--n-init", type=int, default=d.n_init, help=f"k-means restarts for fusion/cluster (default {d.n_init})")
+    a("--option", action="append", metavar="METHOD.KEY=VALUE", help="a method option, repeatable")
+    a("--dtype", default=d.dtype, help="params dtype: float32 (default) or bfloat16")
+    a("--out", help="output directory (default results/perplexity/<model>-<text>-<config hash>)")
+    a("--fresh", action="store_true", help="recompute everything, overwriting --out")
+    a("--no-progress", action="store_true", help="no progress bars")
+    add_compile_cache_flag(p)
+    return p
+
+
+def perplexity_main(argv: Optional[Sequence[str]] = None) -> int:
+    """`python scripts/perplexity.py`: bad input -> one line on stderr, exit status 2."""
+    args = _perplexity_parser().parse_args(argv)
+    use_compile_cache(not args.no_compile_cache)
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    t0 = time.perf_counter()
+    out = None
+    try:
+        from .experiments import perplexity as P
+        opts: dict = {}
+        for spec in args.option or ():
+            method, key, value = _parse_option(spec)
+            opts.setdefault(method, {})[key] = value
+        config = P.PerplexityRunConfig(
+            model=args.model, text=args.text, max_length=args.max_length, stride=args.stride,
+            batch_size=args.batch_size, methods=P.parse_list(args.methods) or (), layers=args.layers,
+            width=args.width, seed=args.seed, n_init=args.n_init, method_options=opts, dtype=args.dtype)
+        log("loading model and text ...")
+        plan = P.prepare(config)
+        out = Path(args.out) if args.out else P.default_out_dir(plan)
+        log(f"perplexity: {config.model} on {config.text} ({len(plan.ids)} tokens), windows {plan.max_length} "
+            f"stride {plan.stride}; methods {', '.join(plan.methods)}"
+            + (f" (layers {','.join(map(str, plan.layers))} -> {plan.width})" if len(plan.methods) > 1 else "")
+            + f"; results in {out}")
+        result = P.run(plan, out, progress=not args.no_progress, fresh=args.fresh, log=log)
+        files = P.write_reports(result, out)
+    except KeyboardInterrupt:
+        where = f"; finished methods are saved in {out}: rerun the same command to resume" if out else ""
+        print(f"perplexity.py: interrupted{where}", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as e:   # PerplexityError, DataError, CheckpointError, CompressionError
+        msg = " ".join(str(e).split()) or type(e).__name__
+        print(f"perplexity.py: error: {msg}", file=sys.stderr)
+        return 2
+    from .experiments.reports import text_table
+    head, cells = P.table_rows(result)
+    print(text_table(head, cells))
+    print(f"\n{P.describe(result)}\nwall time {time.perf_counter() - t0:.1f} s; wrote "
           + ", ".join(str(f) for f in files.values()))
     return 0
 

@@ -199,6 +199,12 @@ def _read_text(path: Path) -> str:
     return text
 
 
+def read_text(path: str | Path) -> str:
+    """A whole UTF-8 text file as one string (perplexity's input); a DataError when it is
+    missing, not a file, unreadable or empty (whitespace only)."""
+    return _read_text(Path(path))
+
+
 def read_file(path: str | Path, label_type: str = "class") -> list[Example]:
     path = Path(path)
     suffix = path.suffix.lower()
