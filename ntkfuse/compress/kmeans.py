@@ -42,6 +42,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.sharding import PartitionSpec
 
 from .. import sharding
 
@@ -155,19 +156,34 @@ def _single(X, sq, P, k, key, max_iter, tol_abs, n_trials):
     return C, labels, counts, inertia, it
 
 
-def _kmeans_one(X, key, tol, k, n_init, max_iter):
+def _prepare(X, tol):
+    """Per-layer data shared by all restarts: (mean, centred X, ‖x‖², pairwise P or None, tol_abs)."""
     X = X.astype(jnp.float32)
     mean = jnp.mean(X, axis=0)
     Xc = X - mean
     tol_abs = tol * jnp.mean(jnp.var(X, axis=0))
     sq = jnp.sum(Xc * Xc, axis=1)
     P = _sqdist_pairwise(Xc) if X.shape[0] <= PAIRWISE_MAX_POINTS else None
+    return mean, Xc, sq, P, tol_abs
+
+
+def _restarts(Xc, sq, P, tol_abs, keys, k, max_iter):
+    """The restarts of one layer, one per key (vmapped): (C, labels, counts, inertia, n_iter), each
+    with a leading restart axis."""
     n_trials = 2 + int(math.log(k))
-    keys = jax.random.split(key, n_init)
-    run = jax.vmap(lambda kk: _single(Xc, sq, P, k, kk, max_iter, tol_abs, n_trials))
-    C, labels, counts, inertia, it = run(keys)
+    return jax.vmap(lambda kk: _single(Xc, sq, P, k, kk, max_iter, tol_abs, n_trials))(keys)
+
+
+def _best(mean, C, labels, counts, inertia, it):
+    """The restart of lowest inertia (the first one on ties)."""
     b = jnp.argmin(inertia)
     return KMeansResult(C[b] + mean, labels[b], counts[b], inertia[b], it[b])
+
+
+def _kmeans_one(X, key, tol, k, n_init, max_iter):
+    mean, Xc, sq, P, tol_abs = _prepare(X, tol)
+    keys = jax.random.split(key, n_init)
+    return _best(mean, *_restarts(Xc, sq, P, tol_abs, keys, k, max_iter))
 
 
 _kmeans_layer = jax.jit(_kmeans_one, static_argnums=(3, 4, 5))
@@ -196,16 +212,59 @@ def kmeans(X, k: int, key, n_init: int = 30, max_iter: int = 300, tol: float = 1
     return _kmeans_layer(jnp.asarray(X), key, jnp.float32(tol), int(k), int(n_init), int(max_iter))
 
 
+@partial(jax.jit, static_argnames=("mesh", "k", "n_init", "max_iter"))
+def _kmeans_batched_restarts(Xs, keys, tol, *, mesh, k, n_init, max_iter):
+    """`_kmeans_batched` with the RESTART axis split across `mesh` (Xs and keys replicated): every
+    device prepares all layers (centring, pairwise distances) and runs its share of each layer's
+    restarts (`shard_map`, the same `_single` as on one device, restart r with key
+    `jax.random.split(keys[l], n_init)[r]` as there); the restarts are padded to a multiple of the
+    mesh size with copies of restart 0 whose inertia is then masked, and the lowest inertia (first
+    on ties) is chosen after XLA gathers them."""
+    axis = sharding.mesh_axis(mesh)
+    R = sharding.padded(n_init, mesh)
+    rkeys = jax.vmap(lambda kk: jax.random.split(kk, n_init))(keys)          # (L, n_init, ...)
+    if R > n_init:
+        rkeys = jnp.concatenate([rkeys, jnp.repeat(rkeys[:, :1], R - n_init, axis=1)], axis=1)
+    mean, Xc, sq, P, tol_abs = jax.vmap(_prepare, in_axes=(0, None))(Xs, tol)
+
+    def local(Xc, sq, P, tol_abs, kk):   # kk: (L, R / mesh size, ...) — this device's restarts
+        return jax.vmap(lambda x, s, p, t, kl: _restarts(x, s, p, t, kl, k, max_iter))(Xc, sq, P, tol_abs, kk)
+
+    split = PartitionSpec(None, axis)
+    C, labels, counts, inertia, it = jax.shard_map(
+        local, mesh=mesh, in_specs=(PartitionSpec(),) * 4 + (split,), out_specs=split,
+        check_vma=False)(Xc, sq, P, tol_abs, rkeys)
+    inertia = jnp.where(jnp.arange(R)[None, :] < n_init, inertia, jnp.inf)
+    return jax.vmap(_best)(mean, C, labels, counts, inertia, it)
+
+
+def split_restarts(n_layers: int, n_init: int, n_devices: int) -> bool:
+    """Whether `run_batched` splits the restarts (rather than the layers) across `n_devices`: when
+    that gives each device fewer restarts to run, e.g. one layer with 30 restarts on 8 devices
+    (4 restarts each instead of 30), not 5 layers × 3 restarts (1 layer × 3 instead of 5 × 1)."""
+    per_layers = -(-n_layers // n_devices) * n_init
+    per_restarts = n_layers * -(-n_init // n_devices)
+    return per_restarts < per_layers
+
+
 def run_batched(Xs, keys, tol, k, n_init, max_iter, devices="auto") -> KMeansResult:
-    """`_kmeans_batched` on one device, or with the layer axis split across the devices of
-    `devices` (`ntkfuse.sharding.make_mesh`): Xs and keys placed row-sharded (padded with copies
-    of layer 0, dropped afterwards) and the same jitted program partitioned by XLA along the
-    vmapped layer axis, so every layer's k-means is the one-device computation."""
+    """`_kmeans_batched` on one device, or split across the devices of `devices`
+    (`ntkfuse.sharding.make_mesh`) along the layers or, when there are too few layers for the
+    devices (`split_restarts`), along the restarts.
+    Layers: Xs and keys placed row-sharded (padded with copies of layer 0, dropped afterwards) and
+    the same jitted program partitioned by XLA along the vmapped layer axis, so every layer's
+    k-means is the one-device computation. Restarts: `_kmeans_batched_restarts`, the same
+    per-restart keys and computation, the best restart chosen after gathering. Either way the
+    results equal the one-device ones."""
     mesh = sharding.make_mesh(devices)
     args = (jnp.float32(tol), int(k), int(n_init), int(max_iter))
     if mesh is None:
         return _kmeans_batched(jnp.asarray(Xs), keys, *args)
     L = Xs.shape[0]
+    if split_restarts(L, int(n_init), sharding.size(mesh)):
+        xs, ks = sharding.replicate((jnp.asarray(Xs), jnp.asarray(keys)), mesh)
+        out = _kmeans_batched_restarts(xs, ks, args[0], mesh=mesh, k=args[1], n_init=args[2], max_iter=args[3])
+        return KMeansResult(*(sharding.to_default_device(a) for a in out))
     xs, ks = sharding.shard_rows((jnp.asarray(Xs), jnp.asarray(keys)), mesh)
     out = _kmeans_batched(xs, ks, *args)
     return KMeansResult(*(sharding.to_default_device(a[:L]) for a in out))
@@ -215,8 +274,9 @@ def kmeans_batched(Xs, k: int, key, n_init: int = 30, max_iter: int = 300, tol: 
                    devices="auto") -> KMeansResult:
     """k-means of each Xs[l] (L, N, p) in one jitted call; layer l uses ``jax.random.split(key, L)[l]``
     (so it matches ``kmeans(Xs[l], k, keys[l])``). Every field gains a leading L axis.
-    devices: "auto" (all local devices when more than one: the layers are split across them),
-    None or 1 (one device), a count, devices or a Mesh."""
+    devices: "auto" (all local devices when more than one: the layers are split across them, or
+    the restarts when there are fewer layers than that needs: `split_restarts`), None or 1 (one
+    device), a count, devices or a Mesh. Same results either way."""
     _check(Xs, k, n_init, max_iter, batched=True)
     keys = jax.random.split(key, Xs.shape[0])
     return run_batched(Xs, keys, tol, k, n_init, max_iter, devices)

@@ -32,7 +32,8 @@ Strategies (chosen by `plan_kernels` from a cost model and a memory budget):
   block's `token_grads` (DenseMLP, FusedMLP: w1, b1, w2, b2).
 
 Every per-chunk computation is a pure function of (params, chunk of examples), so
-chunks can later be sharded across devices. FusedMLP counts are static metadata and
+chunks can be sharded across devices (`kernels(..., devices=)`: "full", "blocks" and
+"layers" split the examples; "tokens" runs on one device). FusedMLP counts are static metadata and
 scale the forward, so the fused model's kernel uses its own compressed params.
 """
 from __future__ import annotations
@@ -387,6 +388,74 @@ def _layer_gram(block, fa, fb, *, names, kinds, activation, d_chunks, gram, impl
     return acc
 
 
+@partial(jax.jit, static_argnames=("mesh", "cfg", "output", "layers", "chunk", "dtype"))
+def _layer_inputs_mesh(params, batch, *, mesh, cfg, output, layers, chunk, dtype):
+    """`_layer_inputs` with the examples split across `mesh` (batch padded and placed row-sharded,
+    params replicated): (u1, δ2) are per-example, so each device runs the same chunked forward +
+    backward on its own examples (`shard_map`, no reduction over devices); results row-sharded."""
+    params = _cast(params, dtype)
+    rows = P(sharding.mesh_axis(mesh))
+
+    def local(pr, b):
+        n = b["input_ids"].shape[0]
+        return _chunked_map(lambda bc: _probe_factors(cfg, output, pr, bc, layers, ("u1", "d2")), b, n, chunk)
+
+    return jax.shard_map(local, mesh=mesh, in_specs=(P(), rows), out_specs=rows, check_vma=False)(params, batch)
+
+
+@partial(jax.jit, static_argnames=("mesh", "names", "kinds", "activation", "d_chunks", "gram", "impl"))
+def _layer_gram_mesh(block, fa, fb, *, mesh, names, kinds, activation, d_chunks, gram, impl):
+    """`_layer_gram` with the factors row-sharded over `mesh` (rows padded to a multiple of its size).
+    Per D-chunk, each device forms the gradient columns of its own examples (`shard_map`), and the
+    kernel's row block of each device is its rows of G_a times ALL rows of G_b: the b-side columns
+    enter a `shard_map` whose in_spec is replicated, so XLA's partitioner gathers them (no
+    hand-written collective). The kernel comes back row-sharded. Both sides are passed as distinct
+    operands (no `same` shortcut, whose transpose would cross devices), so "bf16x*" sums its cross
+    terms in another order than one device: equal within float32 round-off."""
+    act = activation_fn(activation)
+    rows = P(sharding.mesh_axis(mesh))
+    n1, n2 = fa[0].shape[0], (fa if fb is None else fb)[0].shape[0]
+    dc = block.w1.shape[0] // d_chunks
+    parts = jax.shard_map(lambda blk, u1, d2, c: _layer_parts(blk, u1, d2, c, dc, names, act), mesh=mesh,
+                          in_specs=(P(), rows, rows, P()), out_specs=rows, check_vma=False)
+    add = jax.shard_map(lambda acc, a, b: _gram_add(dict(acc), a, b, kinds, gram, impl), mesh=mesh,
+                        in_specs=(rows, rows, P()), out_specs=rows, check_vma=False)
+
+    def body(acc, c):
+        a = parts(block, fa[0], fa[1], c)
+        b = a if fb is None else parts(block, fb[0], fb[1], c)
+        return add(acc, a, b), None
+
+    acc = {k: jax.lax.with_sharding_constraint(jnp.zeros((n1, n2), jnp.float32), sharding.rows(mesh))
+           for k in kinds}
+    if names != ("b2",):
+        acc, _ = jax.lax.scan(body, acc, jnp.arange(d_chunks))
+    if "b2" in names:
+        a = [fa[1].sum(1)]
+        acc = add(acc, a, a if fb is None else [fb[1].sum(1)])
+    return acc
+
+
+def _layers_on_mesh(mesh, params, b1, b2, spec, d_chunks, *, cfg, output, chunk, dtype, kinds, gram, impl):
+    """The "layers" strategy with the examples split across `mesh`: factors formed per device, the
+    kernel's row blocks computed in parallel, then gathered to the default device."""
+    n1 = b1["input_ids"].shape[0]
+    n2 = n1 if b2 is None else b2["input_ids"].shape[0]
+    local = balanced_chunk(sharding.padded(max(n1, n2), mesh) // sharding.size(mesh), chunk)
+    layers = tuple(l for l, _ in spec)
+    rep = sharding.replicate(params, mesh)
+    kw = dict(mesh=mesh, cfg=cfg, output=output, layers=layers, chunk=local, dtype=dtype)
+    fa = _layer_inputs_mesh(rep, sharding.shard_rows(b1, mesh), **kw)
+    fb = None if b2 is None else _layer_inputs_mesh(rep, sharding.shard_rows(b2, mesh), **kw)
+    out = None
+    for (l, names), dch in zip(spec, d_chunks):
+        block = _cast(rep["layers"][l]["mlp"], dtype)
+        part = _layer_gram_mesh(block, fa[l], None if fb is None else fb[l], mesh=mesh, names=names, kinds=kinds,
+                                activation=cfg.activation, d_chunks=dch, gram=gram, impl=impl)
+        out = part if out is None else {k: out[k] + part[k] for k in kinds}
+    return {k: sharding.to_default_device(v[:n1, :n2]) for k, v in out.items()}
+
+
 def _pair_gram(da, ua, db, ub, rows):
     """Σ_{t,s} (δa_it·δb_js)(ua_it·ub_js), over row chunks of `rows` examples of a."""
     def f(c):
@@ -601,8 +670,12 @@ def kernels(cfg, params, batch, *, output=None, selector=None, kinds=("ntk", "si
     pieces); gram_impl: "split" (explicit pieces), "preset" (XLA's DotAlgorithmPreset
     BF16_BF16_F32_X*, GPU only) or "auto" (preset on GPU, split elsewhere);
     devices: "auto" (all local devices when more than one), None or 1 (one device), a count,
-    devices or a `Mesh` (`ntkfuse.sharding.make_mesh`): the "full" strategy splits the examples
-    across them (same kernels within float32 round-off); the other strategies run on one device;
+    devices or a `Mesh` (`ntkfuse.sharding.make_mesh`). "full" and "blocks" (each parameter block
+    in turn) split the examples across them: per-example gradients formed on each device, the Gram
+    left to XLA's partitioner. "layers" splits the examples of the per-layer factors (u1, δ2) and
+    the kernel's rows: each device computes its row block (its examples against all examples,
+    the other side gathered by XLA) per D-chunk. Kernels and plan as on one device, within float32
+    round-off. "tokens" always runs on one device (the default one) whatever `devices` says;
     scan_layers: run the layer stack as `lax.scan` over runs of identical layers (the selected
     layers form their own runs; same kernels within float32 round-off). Off by default: on an
     H100 at roberta-base shape it saved 6% of the first call (compilation is mostly XLA's
@@ -630,6 +703,10 @@ def kernels(cfg, params, batch, *, output=None, selector=None, kinds=("ntk", "si
     if plan.strategy == "tokens":
         spec = _tokens_spec(params, list(plan.blocks[0]))
         out = _kernels_tokens(params, b1, b2, cfg=cfg, output=output, spec=spec, rows=plan.rows, dtype=dtype)
+    elif plan.strategy == "layers" and mesh is not None:
+        spec = _tokens_spec(params, [p for b in plan.blocks for p in b])
+        out = _layers_on_mesh(mesh, params, b1, b2, spec, plan.d_chunks, cfg=cfg, output=output, chunk=plan.chunk,
+                              dtype=dtype, kinds=kinds, **gram)
     elif plan.strategy == "layers":
         spec = _tokens_spec(params, [p for b in plan.blocks for p in b])
         layers = tuple(l for l, _ in spec)
@@ -647,7 +724,7 @@ def kernels(cfg, params, batch, *, output=None, selector=None, kinds=("ntk", "si
         for block in plan.blocks:
             sel = selector if plan.strategy == "full" else restrict(selector, block)
             s, r = sel.split(params)
-            if mesh is not None and plan.strategy == "full":
+            if mesh is not None:   # "full" or one parameter block: the examples split across the mesh
                 part = _full_on_mesh(mesh, s, r, b1, b2, cfg=cfg, output=output, kinds=kinds, chunk=plan.chunk,
                                      dtype=dtype, **gram)
             else:
