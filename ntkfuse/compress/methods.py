@@ -351,7 +351,7 @@ def _units(blocks: dict, keys: dict) -> tuple:
             ub[l], uk[l] = b, keys[l]
             continue
         for e, s in enumerate(subs):
-            ub[(l, e)], uk[(l, e)] = s, jax.random.fold_in(keys[l], e)
+            ub[(l, e)], uk[(l, e)] = s, None if keys[l] is None else jax.random.fold_in(keys[l], e)
     return ub, uk
 
 
