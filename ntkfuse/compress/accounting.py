@@ -37,6 +37,19 @@ def mlp_flops_per_token(block) -> int:
     return block.flops_per_token()
 
 
+def expert_rows(params: dict, layers: Sequence[int]) -> list[dict]:
+    """One row per expert of the MoE blocks (MoEMLP) of `layers`: layer, expert, kind, width,
+    trainable params and FLOPs/token of the expert alone. A block's total (`param_count`) adds
+    its router; its FLOPs/token (`mlp_flops_per_token`) count the router and top_k experts."""
+    rows = []
+    for l in layers:
+        subs = params["layers"][l]["mlp"].sub_blocks()
+        for e, b in enumerate(subs or ()):
+            rows.append({"layer": int(l), "expert": e, "kind": type(b).__name__, "width": int(b.width),
+                         "params": count_params(b), "flops_per_token": mlp_flops_per_token(b)})
+    return rows
+
+
 def compression_rows(variants: Mapping[str, dict], layers: Sequence[int]) -> list[dict]:
     """One row per named params tree (e.g. {"original": p, "fusion": p_f, ...}): MLP params,
     nonzero MLP params and MLP FLOPs/token summed over `layers`, total model params, and

@@ -128,9 +128,24 @@ def _options(method, options):
     return opts
 
 
+def _sub_blocks(block):
+    """An MoE's experts (any container's `sub_blocks`), or None for a plain block."""
+    f = getattr(block, "sub_blocks", None)
+    return f() if callable(f) else None
+
+
 def _check_block(block, method, width, opts, where=""):
+    subs = _sub_blocks(block)
+    if subs is not None:   # a container (MoEMLP): every expert is compressed on its own
+        for leaf in jax.tree_util.tree_leaves(block):
+            if not bool(np.all(np.isfinite(np.asarray(leaf)))):
+                raise CompressionError(f"{where}{type(block).__name__} contains NaN or infinite values")
+        for e, b in enumerate(subs):
+            _check_block(b, method, width, opts, where=f"{where}expert {e}: ")
+        return
     if not getattr(block, "compressible", False):
-        raise CompressionError(f"{where}{method} compresses an original block (DenseMLP, GatedMLP), "
+        raise CompressionError(f"{where}{method} compresses an original block (DenseMLP, GatedMLP, or MoEMLP "
+                               f"expert by expert), "
                                f"got {type(block).__name__}")
     if method in block.unsupported_methods:
         ok = [m for m in METHODS if m not in block.unsupported_methods]
@@ -309,11 +324,44 @@ def compress_block(block: DenseMLP, method: str, width: int, key, *, activation:
     `svd_rank_for_width`). `activation` is validated only: no method depends on σ.
     Options: fusion/cluster n_init, max_iter, tol; sketch keep; prune score ("l2"|"l1");
     magnitude sparsity; svd rank; mmd steps, lr, weight_decay (AdamW, torch's default 0.01).
+    An MoEMLP is compressed expert by expert (expert e with key `fold_in(key, e)`; magnitude:
+    one threshold over its experts), its router and top_k unchanged.
     """
     opts = _options(method, options)
     _check_activation(activation)
     _check_block(block, method, width, opts)
-    return _dispatch(block, method, width, key, opts)
+    if _sub_blocks(block) is None:
+        return _dispatch(block, method, width, key, opts)
+    units, keys = _units({0: block}, {0: key})
+    if method == "magnitude":
+        masked = _magnitude_mask(list(units.values()), float(opts["sparsity"]))
+        return _assemble({0: block}, dict(zip(units, masked)))[0]
+    return _assemble({0: block}, {u: _dispatch(b, method, width, keys[u], opts) for u, b in units.items()})[0]
+
+
+# A "unit" is what one method call compresses: layer l's block (unit l), or for a container
+# (MoEMLP) its expert e (unit (l, e)) with key fold_in(key of layer l, e).
+
+def _units(blocks: dict, keys: dict) -> tuple:
+    """({unit: block}, {unit: key}) of `blocks` {layer: block} with per-layer `keys`."""
+    ub, uk = {}, {}
+    for l, b in blocks.items():
+        subs = _sub_blocks(b)
+        if subs is None:
+            ub[l], uk[l] = b, keys[l]
+            continue
+        for e, s in enumerate(subs):
+            ub[(l, e)], uk[(l, e)] = s, None if keys[l] is None else jax.random.fold_in(keys[l], e)
+    return ub, uk
+
+
+def _assemble(blocks: dict, new: dict) -> dict:
+    """{layer: new block} from the compressed units `new` (a container gets its new experts)."""
+    out = {}
+    for l, b in blocks.items():
+        subs = _sub_blocks(b)
+        out[l] = new[l] if subs is None else b.with_sub_blocks([new[(l, e)] for e in range(len(subs))])
+    return out
 
 
 def _layer_blocks(params, layers, key, method, width, opts):
@@ -346,23 +394,40 @@ def kmeans_layers(params: dict, layers: Sequence[int], width: int, key, *, devic
     "cluster", layers, width, key, **options)` runs (options n_init, max_iter, tol). Pass it
     back as `compress(..., kmeans_result=...)` so that fusion and cluster share one k-means
     (METHOD.md: cluster uses the same k-means) instead of each running it. `devices`: as
-    `compress`."""
+    `compress`. For an MoE layer the entry is a tuple with one KMeansResult per expert."""
     opts = _options("fusion", options)
     _, blocks, keys = _layer_blocks(params, layers, key, "fusion", width, opts)
-    return _kmeans_of_blocks(blocks, width, keys, opts, devices)
+    units, ukeys = _units(blocks, keys)
+    km = _kmeans_of_blocks(units, width, ukeys, opts, devices)
+    return {l: km[l] if _sub_blocks(b) is None else tuple(km[(l, e)] for e in range(len(_sub_blocks(b))))
+            for l, b in blocks.items()}
 
 
-def _check_kmeans_result(km, blocks, width):
+def _check_kmeans_result(km, blocks, width) -> dict:
+    """{unit: KMeansResult} from `kmeans_result` {layer: KMeansResult, or a tuple per expert}."""
     if not isinstance(km, dict) or set(km) != set(blocks):
         got = sorted(km) if isinstance(km, dict) else type(km).__name__
         raise CompressionError(f"kmeans_result must be a dict {{layer: KMeansResult}} for layers "
                                f"{sorted(blocks)} (from kmeans_layers), got {got}")
-    for l, b in blocks.items():
+    units, _ = _units(blocks, {l: None for l in blocks})
+    out = {}
+    for u, b in units.items():
+        if isinstance(u, tuple):
+            l, e = u
+            entry = km[l]
+            if not isinstance(entry, tuple) or len(entry) != len(_sub_blocks(blocks[l])):
+                raise CompressionError(f"kmeans_result[{l}] must be a tuple of one KMeansResult per expert "
+                                       f"({len(_sub_blocks(blocks[l]))}), from kmeans_layers")
+            r, name = entry[e], f"kmeans_result[{l}][{e}]"
+        else:
+            r, name = km[u], f"kmeans_result[{u}]"
         want = (int(width), int(b.neuron_features().shape[1]))
-        if tuple(km[l].centroids.shape) != want or int(np.sum(np.asarray(km[l].counts))) != b.width:
-            raise CompressionError(f"kmeans_result[{l}] does not fit layer {l} at width {width}: centroids "
-                                   f"{tuple(km[l].centroids.shape)}, expected {want}, counts summing to "
-                                   f"{b.width}")
+        if tuple(r.centroids.shape) != want or int(np.sum(np.asarray(r.counts))) != b.width:
+            raise CompressionError(f"{name} does not fit layer {u if not isinstance(u, tuple) else u[0]} at width "
+                                   f"{width}: centroids {tuple(r.centroids.shape)}, expected {want}, counts summing "
+                                   f"to {b.width}")
+        out[u] = r
+    return out
 
 
 def compress(cfg, params: dict, method: str, layers: Sequence[int], width: int, key, *, kmeans_result=None,
@@ -372,7 +437,9 @@ def compress(cfg, params: dict, method: str, layers: Sequence[int], width: int, 
     Layer layers[i] uses key `jax.random.split(key, len(layers))[i]`, so it equals
     `compress_block(get_mlp(params, layers[i]), method, width, keys[i])` (k-means for all
     layers of equal shape runs batched in one jitted call). `magnitude` uses one global
-    threshold over the chosen layers' W1 and W2. fusion/cluster: `kmeans_result` (from
+    threshold over the chosen layers' W1 and W2. An MoE layer (MoEMLP) is compressed expert by
+    expert to width `width` each, expert e with key `fold_in(keys[i], e)`, its router untouched
+    (docs/moe.md). fusion/cluster: `kmeans_result` (from
     `kmeans_layers` with the same params, layers, width, key and k-means options) skips
     the k-means; the caller vouches that it was computed with those arguments. `devices`:
     "auto" (all local devices when more than one), None or 1, a count, devices or a Mesh: the
@@ -381,18 +448,20 @@ def compress(cfg, params: dict, method: str, layers: Sequence[int], width: int, 
     opts = _options(method, options)
     _check_activation(cfg.activation)
     layers, blocks, keys = _layer_blocks(params, layers, key, method, width, opts)
+    units, ukeys = _units(blocks, keys)
+    ukm = None
     if kmeans_result is not None:
         if method not in KMEANS_METHODS:
             raise CompressionError(f"kmeans_result applies to fusion and cluster only, not {method!r}")
-        _check_kmeans_result(kmeans_result, blocks, width)
+        ukm = _check_kmeans_result(kmeans_result, blocks, width)
 
     if method == "magnitude":
-        masked = _magnitude_mask([blocks[l] for l in layers], float(opts["sparsity"]))
-        return replace_mlps(params, dict(zip(layers, masked)))
+        masked = _magnitude_mask(list(units.values()), float(opts["sparsity"]))
+        return replace_mlps(params, _assemble(blocks, dict(zip(units, masked))))
 
     if method in KMEANS_METHODS:
-        km = kmeans_result if kmeans_result is not None else _kmeans_of_blocks(blocks, width, keys, opts, devices)
-        new = {l: _dispatch(blocks[l], method, width, keys[l], opts, km=km[l]) for l in layers}
+        km = ukm if ukm is not None else _kmeans_of_blocks(units, width, ukeys, opts, devices)
+        new = {u: _dispatch(b, method, width, ukeys[u], opts, km=km[u]) for u, b in units.items()}
     else:
-        new = {l: _dispatch(blocks[l], method, width, keys[l], opts) for l in layers}
-    return replace_mlps(params, new)
+        new = {u: _dispatch(b, method, width, ukeys[u], opts) for u, b in units.items()}
+    return replace_mlps(params, _assemble(blocks, new))

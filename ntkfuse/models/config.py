@@ -59,6 +59,9 @@ class ModelConfig:
     qkv_bias: bool = False                       # q/k/v projections have biases (Qwen2)
     out_bias: bool = False                       # the attention output projection has a bias
     sliding_window: Optional[int] = None         # Mistral: a query sees the last `sliding_window` keys
+    # Sparse Mixture-of-Experts MLPs (families/mixtral.py, blocks/moe.py)
+    num_experts: Optional[int] = None            # experts per MoE layer (HF num_local_experts)
+    experts_per_token: Optional[int] = None      # top-k routing (HF num_experts_per_tok)
 
     def __post_init__(self):
         fam = get_family(self.family)
@@ -66,6 +69,9 @@ class ModelConfig:
             object.__setattr__(self, "rope_scaling", tuple(tuple(kv) for kv in self.rope_scaling))
         if self.num_kv_heads is not None and (self.num_kv_heads < 1 or self.num_heads % self.num_kv_heads):
             raise ValueError(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
+        if self.num_experts is not None and not 1 <= (self.experts_per_token or 0) <= self.num_experts:
+            raise ValueError(f"experts_per_token must be in [1, num_experts={self.num_experts}], "
+                             f"got {self.experts_per_token}")
         if self.hidden % self.num_heads:
             raise ValueError(f"hidden size {self.hidden} is not divisible by num_heads {self.num_heads}")
         if self.head not in HEADS:

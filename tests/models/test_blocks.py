@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 
 from ntkfuse.models.blocks import (MLP_KINDS, DenseMLP, FusedGatedMLP, FusedMLP, LinearMLP, LowRankLinearMLP, LowRankMLP,
+                                   MoEMLP,
                                    Probed, Probes, activation_fn, apply_mlp, count_params, fixed_fields, is_mlp)
 from tests.models.test_gated_blocks import GATED_NAMES, make_gated
+from tests.models.test_moe_blocks import make_moe
 
 d, D, k, r = 6, 10, 4, 3
 COUNTS = (1, 3, 2, 4)
@@ -91,7 +93,7 @@ def test_param_count_and_flops(kind):
 
 def test_fixed_fields_are_metadata_not_leaves():
     assert fixed_fields(FusedMLP) == ("counts",)
-    assert all(fixed_fields(cls) == () for cls in MLP_KINDS if cls not in (FusedMLP, FusedGatedMLP))
+    assert all(fixed_fields(cls) == () for cls in MLP_KINDS if cls not in (FusedMLP, FusedGatedMLP, MoEMLP))
     assert fixed_fields(FusedGatedMLP) == ("counts",)
     f = make("fused")
     names = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(f)[0]]
@@ -180,7 +182,8 @@ def test_apply_mlp_rejects_non_blocks():
 @pytest.mark.parametrize("cls", MLP_KINDS)
 def test_every_kind_is_a_frozen_dataclass_pytree(cls):
     assert dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen
-    # the gated kinds' own tests are in test_gated_blocks.py
-    assert cls.kind in KIND_NAMES + GATED_NAMES
-    block = make(cls.kind) if cls.kind in KIND_NAMES else make_gated(cls.kind)
+    # the gated and MoE kinds' own tests are in test_gated_blocks.py and test_moe_blocks.py
+    assert cls.kind in KIND_NAMES + GATED_NAMES + ("moe",)
+    block = make(cls.kind) if cls.kind in KIND_NAMES else make_gated(cls.kind) if cls.kind in GATED_NAMES \
+        else make_moe()
     assert jax.tree_util.tree_leaves(block)

@@ -63,10 +63,10 @@ def test_unsupported_family_lists_supported():
     from ntkfuse.models import FAMILIES
     for name in FAMILIES:   # the error names families; model types are named by from_hf_config's error
         assert name in str(e.value)
-    with pytest.raises(UnsupportedModelError, match="bert, roberta, gpt2, llama, mistral, qwen2"):
-        ModelConfig.from_hf_config({"model_type": "mixtral"})
+    with pytest.raises(UnsupportedModelError, match="bert, roberta, gpt2, llama, mistral, qwen2, mixtral"):
+        ModelConfig.from_hf_config({"model_type": "switch_transformers"})
     for name in SUPPORTED_MODEL_TYPES:
-        assert name in "bert, roberta, gpt2, llama, mistral, qwen2"
+        assert name in "bert, roberta, gpt2, llama, mistral, qwen2, mixtral"
 
 
 @pytest.mark.parametrize("kw,match", [({"num_heads": 3}, "not divisible"), ({"head": "pooler"}, "unknown head"),

@@ -155,6 +155,16 @@ class Block:
         """FLOPs for one token (multiply-add = 2, plus one per bias add, activation, scaling)."""
         raise NotImplementedError
 
+    # ---- containers (MoEMLP): blocks made of other blocks, compressed one sub-block at a time
+
+    def sub_blocks(self) -> Optional[tuple]:
+        """The blocks this block is made of (an MoE's experts), or None for a plain block."""
+        return None
+
+    def with_sub_blocks(self, blocks):
+        """The same container with its `sub_blocks` replaced (same number, any kinds)."""
+        raise TypeError(f"{type(self).__name__} has no sub-blocks")
+
     # ---- the NTK engine's Jacobian-free path (kinds with `token_grads`)
 
     def factor_widths(self) -> dict:

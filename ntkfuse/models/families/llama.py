@@ -116,17 +116,23 @@ def _attn_shapes(cfg):
             "v": (cfg.kv_heads * hd, d, cfg.qkv_bias), "o": (d, cfg.num_heads * hd, cfg.out_bias)}
 
 
-def init(cfg, key, dtype=jnp.float32) -> dict:
+def gated_init(cfg, keys, dtype):
+    """A Llama layer's MLP: a random GatedMLP (3 keys from the iterator `keys`)."""
     d, D = cfg.hidden, cfg.intermediate
-    keys = iter(jax.random.split(key, 2 + 7 * cfg.num_layers))
+    return GatedMLP(normal(next(keys), (D, d), dtype), normal(next(keys), (D, d), dtype),
+                    normal(next(keys), (d, D), dtype))
+
+
+def init(cfg, key, dtype=jnp.float32, mlp_init=gated_init, mlp_keys=3) -> dict:
+    """Random weights; `mlp_init(cfg, keys, dtype)` builds each layer's MLP from `mlp_keys` keys."""
+    d = cfg.hidden
+    keys = iter(jax.random.split(key, 2 + (4 + mlp_keys) * cfg.num_layers))
     ones = lambda: {"scale": jnp.ones((d,), dtype)}  # noqa: E731
 
     def layer():
         attn = {n: {"w": normal(next(keys), (o, i), dtype), "b": jnp.zeros((o,), dtype) if b else None}
                 for n, (o, i, b) in _attn_shapes(cfg).items()}
-        mlp = GatedMLP(normal(next(keys), (D, d), dtype), normal(next(keys), (D, d), dtype),
-                       normal(next(keys), (d, D), dtype))
-        return {"attn": attn, "ln_attn": ones(), "mlp": mlp, "ln_mlp": ones()}
+        return {"attn": attn, "ln_attn": ones(), "mlp": mlp_init(cfg, keys, dtype), "ln_mlp": ones()}
 
     params = {"embed": {"word": normal(next(keys), (cfg.vocab_size, d), dtype)},
               "layers": [layer() for _ in range(cfg.num_layers)], "ln_f": ones()}
@@ -135,17 +141,24 @@ def init(cfg, key, dtype=jnp.float32) -> dict:
     return params
 
 
-def params_from_hf(cfg, tensors, take) -> dict:
+def gated_from_hf(cfg, tensors, take, pre):
+    """Layer `pre`'s SwiGLU MLP (mlp.gate_proj, up_proj, down_proj) as a GatedMLP."""
     d, D = cfg.hidden, cfg.intermediate
+    return GatedMLP(take(f"{pre}.mlp.gate_proj.weight", (D, d)), take(f"{pre}.mlp.up_proj.weight", (D, d)),
+                    take(f"{pre}.mlp.down_proj.weight", (d, D)))
+
+
+def params_from_hf(cfg, tensors, take, mlp_from_hf=gated_from_hf) -> dict:
+    """HF names (model prefix dropped); `mlp_from_hf(cfg, tensors, take, "layers.{i}")` reads each MLP."""
+    d = cfg.hidden
     layers = []
     for i in range(cfg.num_layers):
         pre = f"layers.{i}"
         attn = {n: {"w": take(f"{pre}.self_attn.{n}_proj.weight", (o, inp)),
                     "b": take(f"{pre}.self_attn.{n}_proj.bias", (o,)) if b else None}
                 for n, (o, inp, b) in _attn_shapes(cfg).items()}
-        mlp = GatedMLP(take(f"{pre}.mlp.gate_proj.weight", (D, d)), take(f"{pre}.mlp.up_proj.weight", (D, d)),
-                       take(f"{pre}.mlp.down_proj.weight", (d, D)))
-        layers.append({"attn": attn, "ln_attn": {"scale": take(f"{pre}.input_layernorm.weight", (d,))}, "mlp": mlp,
+        layers.append({"attn": attn, "ln_attn": {"scale": take(f"{pre}.input_layernorm.weight", (d,))},
+                       "mlp": mlp_from_hf(cfg, tensors, take, pre),
                        "ln_mlp": {"scale": take(f"{pre}.post_attention_layernorm.weight", (d,))}})
     params = {"embed": {"word": take("embed_tokens.weight", (cfg.vocab_size, d))}, "layers": layers,
               "ln_f": {"scale": take("norm.weight", (d,))}}
