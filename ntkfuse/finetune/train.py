@@ -61,6 +61,8 @@ class TrainConfig:
     # roberta-base batch 32×128 fp32 on an H100, 3.0 instead of 5.0 GiB for 4% more step time
     # (benchmarks/bench_finetune.py); "none" stores every activation; "layer" only layer inputs.
     remat: str = "dots"
+    # MoE routers get no update unless asked (issue 13: expert compression keeps the routing).
+    train_router: bool = False
 
     def __post_init__(self):
         check(self)
