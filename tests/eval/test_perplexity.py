@@ -1,5 +1,5 @@
 """Sliding-window perplexity (`ntkfuse.eval.perplexity`): parity of the total NLL with the HF
-PyTorch model on tiny random GPT-2 and Llama checkpoints (save_pretrained), the one-window
+PyTorch model on tiny random GPT-2, Llama and Mixtral checkpoints (save_pretrained), the one-window
 identity, token weighting against a float64 per-token loop, batching invariance, and the
 input errors."""
 from __future__ import annotations
@@ -39,10 +39,29 @@ def llama(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def models(tiny_gpt2, llama):
+def mixtral(tmp_path_factory):
+    """MixtralForCausalLM: d=32, D=48, 2 layers, GQA 4/2 heads, 4 experts top-2, a sharpened router."""
+    torch.manual_seed(0)
+    cfg = transformers.MixtralConfig(vocab_size=60, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                     num_local_experts=4, num_experts_per_tok=2, pad_token_id=0, bos_token_id=1,
+                                     eos_token_id=2)
+    model = transformers.MixtralForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith("gate.weight"):
+                p.mul_(20.0)
+    d = tmp_path_factory.mktemp("mixtral")
+    model.save_pretrained(d)
+    return model, d
+
+
+@pytest.fixture(scope="module")
+def models(tiny_gpt2, llama, mixtral):
     """name -> (HF torch model, ntkfuse Loaded); tiny_gpt2 (tests/conftest.py) has 32 positions."""
     return {"gpt2": (tiny_gpt2.model, ntkfuse.load(tiny_gpt2.dir, tokenizer=False)),
-            "llama": (llama[0], ntkfuse.load(llama[1], tokenizer=False))}
+            "llama": (llama[0], ntkfuse.load(llama[1], tokenizer=False)),
+            "mixtral": (mixtral[0], ntkfuse.load(mixtral[1], tokenizer=False))}
 
 
 def _ids(n, vocab, seed=0):
@@ -75,7 +94,7 @@ CASES = [(16, 5), (16, 16), (32, 9), (32, 32)]
 
 
 @pytest.mark.parametrize("max_length,stride", CASES, ids=[f"L{a}-s{b}" for a, b in CASES])
-@pytest.mark.parametrize("name", ["gpt2", "llama"])
+@pytest.mark.parametrize("name", ["gpt2", "llama", "mixtral"])
 def test_total_nll_matches_hf_torch(models, name, max_length, stride):
     model, (cfg, params, _, _) = models[name]
     ids = _ids(75, cfg.vocab_size, seed=1)
