@@ -8,6 +8,8 @@ metadata; the block protocol's `split_fixed` turns them into a separate,
 non-trainable stacked array beside the trainable holder, `apply_split` runs the
 kind's own forward with it (so gradients w.r.t. centroid j still scale with n_j),
 and `join_fixed` puts the original values back afterwards — they are never updated.
+A container (MoEMLP) is split sub-block by sub-block (`ContainerKind`) and fitted
+through its own forward on the layer's pairs; its router is frozen (no gradient, no decay).
 
 Speed: per-step Python dispatch dominates small fits on accelerators, so many optimizer
 steps run in one dispatch — a jitted `lax.scan` over a block of steps that ends at the
@@ -88,13 +90,20 @@ class FitConfig:
         if self.lr <= 0:
             raise FitError(f"lr must be > 0, got {self.lr}")
 
-    def optimizer(self) -> optax.GradientTransformation:
-        """AdamW with linear warm-up then cosine decay (the default schedule)."""
+    def optimizer(self, frozen: bool = False) -> optax.GradientTransformation:
+        """AdamW with linear warm-up then cosine decay (the default schedule). `frozen`: the
+        blocks hold leaves that must not move (an MoE's router, `moe.frozen_mask`): their
+        gradients are zeroed and they get no weight decay."""
         warm = min(self.warmup_steps, self.steps - 1) if self.steps > 1 else 0
         sched = optax.warmup_cosine_decay_schedule(0.0 if warm else self.lr, self.lr, max(warm, 0),
                                                    self.steps, self.lr * self.end_lr_ratio)
         mask = lambda p: jax.tree.map(lambda x: x.ndim >= 3, p)  # stacked (L, m, n) matrices
-        return optax.adamw(sched, b1=self.b1, b2=self.b2, weight_decay=self.weight_decay, mask=mask)
+        if not frozen:
+            return optax.adamw(sched, b1=self.b1, b2=self.b2, weight_decay=self.weight_decay, mask=mask)
+        from ..models.blocks.moe import frozen_mask
+        decay = lambda p: jax.tree.map(lambda m, f: m and not f, mask(p), frozen_mask(p))  # noqa: E731
+        return optax.chain(optax.masked(optax.set_to_zero(), frozen_mask),
+                           optax.adamw(sched, b1=self.b1, b2=self.b2, weight_decay=self.weight_decay, mask=decay))
 
 
 # ---------------------------------------------------------------- stacking
@@ -106,13 +115,75 @@ class Stacked(NamedTuple):
     meta: Optional[tuple]       # per-layer {fixed field: original value} to rebuild the blocks, or None
 
 
+class _Split:
+    """A sub-block as (holder, fixed) with its kind's forward: what a container's own forward
+    calls in place of the expert while fitting (never a pytree, built inside the trace)."""
+
+    def __init__(self, cls, holder, fixed):
+        self.cls, self.holder, self.fixed = cls, holder, fixed
+
+    def __call__(self, x, act):
+        return self.cls.apply_split(self.holder, self.fixed, x, act)
+
+
+@dataclasses.dataclass(frozen=True)
+class ContainerKind:
+    """The stacking protocol of a container block (an MoEMLP) whose sub-blocks may have fixed
+    fields (fusion's counts per expert): the holder is the container with each sub-block's
+    `split_fixed` holder, `fixed` the tuple of their fixed arrays, and the forward is the
+    container's own with every sub-block run through its kind's `apply_split`. The container's
+    leaves that `moe.frozen_mask` names (the router) get no gradient and no decay."""
+    cls: Any
+    sub_classes: tuple
+
+    @property
+    def __name__(self) -> str:
+        return f"{self.cls.__name__}[{','.join(c.__name__ for c in self.sub_classes)}]"
+
+    def split(self, block) -> tuple:
+        parts = [s.split_fixed() for s in block.sub_blocks()]
+        return block.with_sub_blocks([h for h, _ in parts]), tuple(f for _, f in parts)
+
+    def apply_split(self, holder, fixed, x, act):
+        subs = [_Split(c, h, f) for c, h, f in zip(self.sub_classes, holder.sub_blocks(), fixed)]
+        return holder.with_sub_blocks(subs)(x, act)
+
+    def join_fixed(self, holder, fixed_meta) -> Any:
+        return holder.with_sub_blocks([c.join_fixed(h, m) for c, h, m in
+                                       zip(self.sub_classes, holder.sub_blocks(), fixed_meta)])
+
+
+def _fixed_meta(block) -> dict:
+    return {n: tuple(int(c) for c in getattr(block, n)) for n in fixed_fields(type(block))}
+
+
+def _stack_containers(blocks: Sequence) -> Stacked:
+    subs = [b.sub_blocks() for b in blocks]
+    sigs = {tuple(type(s) for s in ss) for ss in subs}
+    if len(sigs) != 1:
+        raise FitError("container blocks must have sub-blocks of the same kinds to fit together, got "
+                       f"{sorted(str([c.__name__ for c in sig]) for sig in sigs)}")
+    kind = ContainerKind(type(blocks[0]), next(iter(sigs)))
+    split = [kind.split(b) for b in blocks]
+    holders = [h for h, _ in split]
+    if len({jax.tree.structure(h) for h in holders}) != 1 or \
+            len({tuple(x.shape for x in jax.tree.leaves(h)) for h in holders}) != 1:
+        raise FitError("container blocks must have the same structure and shapes to be stacked")
+    params = jax.tree.map(lambda *xs: jnp.stack(xs), *holders)
+    fixed = jax.tree.map(lambda *fs: jnp.asarray(np.stack(fs)), *[f for _, f in split])
+    meta = tuple(tuple(_fixed_meta(s) for s in ss) for ss in subs)
+    return Stacked(params, fixed, kind, meta)
+
+
 def stack_blocks(blocks: Sequence) -> Stacked:
-    """Stack same-kind, same-shape blocks on a leading layer axis."""
+    """Stack same-kind, same-shape blocks on a leading layer axis (containers: `ContainerKind`)."""
     if not blocks:
         raise FitError("no blocks to fit")
     kinds = {type(b).__name__ for b in blocks}
     if len(kinds) != 1:
         raise FitError(f"blocks must all be the same kind to fit together, got {sorted(kinds)}")
+    if blocks[0].sub_blocks() is not None:
+        return _stack_containers(blocks)
     cls = type(blocks[0])
     names = fixed_fields(cls)
     meta = tuple({n: tuple(int(c) for c in getattr(b, n)) for n in names} for b in blocks) if names else None
@@ -176,7 +247,7 @@ def _split(key, n: int, holdout: float):
 @functools.lru_cache(maxsize=32)
 def _build(fc: FitConfig, activation: str, cls, n_train: int, mesh=None):
     act = activation_fn(activation)
-    tx = fc.optimizer()
+    tx = fc.optimizer(frozen=isinstance(cls, ContainerKind))
     bs = min(fc.batch_size, n_train)
     per_epoch = n_train // bs
     order_key = jax.random.fold_in(jax.random.PRNGKey(fc.seed), 1)
@@ -239,9 +310,9 @@ def _build(fc: FitConfig, activation: str, cls, n_train: int, mesh=None):
     return tx, train_block, evaluate
 
 
-def init_state(fc: FitConfig, params) -> FitState:
+def init_state(fc: FitConfig, params, frozen: bool = False) -> FitState:
     L = jax.tree.leaves(params)[0].shape[0]
-    return FitState(jnp.array(0, jnp.int32), params, fc.optimizer().init(params), params,
+    return FitState(jnp.array(0, jnp.int32), params, fc.optimizer(frozen).init(params), params,
                     jnp.full((L,), jnp.inf, jnp.float32), jnp.zeros((L,), jnp.int32), jnp.array(False))
 
 
@@ -319,7 +390,7 @@ def fit_blocks(blocks: Sequence, x, y, fc: FitConfig = FitConfig(), activation: 
     if mesh is not None and min(fc.batch_size, len(tr)) % sharding.size(mesh):
         mesh = None
     tx, train_block, evaluate = _build(fc, activation, st.cls, len(tr), mesh)
-    state = init_state(fc, st.params)
+    state = init_state(fc, st.params, isinstance(st.cls, ContainerKind))
     fixed = st.fixed
     history = {"step": [], "train": [], "heldout": []}
     mngr = None
@@ -403,7 +474,8 @@ def evaluate_blocks(blocks: Sequence, x, y, activation: str = "gelu", loss: str 
 
 
 def _group_key(block):
-    t = block.split_fixed()[0]
+    subs = block.sub_blocks()
+    t = block.split_fixed()[0] if subs is None else ContainerKind(type(block), tuple(map(type, subs))).split(block)[0]
     return type(block).__name__, str(jax.tree.structure(t)), tuple(tuple(x.shape) for x in jax.tree.leaves(t))
 
 
