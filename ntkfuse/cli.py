@@ -250,6 +250,7 @@ FIT_SURROGATES_HELP = """Fit surrogate MLPs for chosen layers of a model and rep
 
     python scripts/fit_surrogates.py                       # MiniLM, sentiment sample, layers 2-5, width 384
     python scripts/fit_surrogates.py --kinds linear,bottleneck-fusion --steps 300 --out runs/fit
+    python scripts/fit_surrogates.py --model path/to/llama   # decoders: webnlg sample, NTK of the target log-prob
     python scripts/fit_surrogates.py --help
 
 For every surrogate kind, all chosen layers' blocks are replaced and fitted to the
@@ -260,7 +261,8 @@ configuration is refused unless --fresh):
   model_<kind>/        the fitted model (ntkfuse.compress.save_compressed, orbax)
   results.json/.csv/.md  per layer and kind: held-out block error before/after fitting;
                        per kind: output error (last compressed layer, logits) and NTK
-                       errors (vanilla and sign, abs and rel) before/after
+                       errors (vanilla and sign, abs and rel) before/after, of class 0's
+                       probability (classifiers) or the summed target log-probability (LMs)
   results_model.csv    the per-kind (whole model) numbers of results.md
   results.png          block error before/after per layer and kind
   plan.json/.md        with --plan-widths: sensitivity rows, greedy and knapsack plans
@@ -276,11 +278,12 @@ def _fit_surrogates_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
     a("--model", default=d.model, help="ntkfuse.load name or checkpoint directory")
-    a("--data", default=d.data, help="sample:NAME, a .tsv/.csv/.jsonl file, or HF id")
+    a("--data", default=d.data, help="sample:NAME, a .tsv/.csv/.jsonl file, or HF id (default: the model "
+      "family's: sample:sentiment for encoders, sample:webnlg for decoders)")
     a("--n-examples", type=int, default=d.n_examples, help="use the first N examples")
-    a("--layers", default=d.layers)
-    a("--width", type=int, default=d.width, help="bottleneck width k")
-    a("--rank", type=int, default=d.rank, help="rank of the low-rank linear surrogate")
+    a("--layers", default=d.layers, help="e.g. 2-5 or 1,3 (default: the last two thirds, MiniLM 2-5)")
+    a("--width", type=int, default=d.width, help="bottleneck width k (default: D/4, MiniLM 384)")
+    a("--rank", type=int, default=d.rank, help="rank of the low-rank linear surrogate (default: d/4, MiniLM 96)")
     a("--kinds", default=d.kinds, help=f"comma-separated, from: {', '.join(KIND_CHOICES)}")
     a("--loss", default=d.loss, choices=("mse", "cosine"))
     a("--steps", type=int, default=d.steps)

@@ -3,6 +3,7 @@
 
     python scripts/fit_surrogates.py                       # MiniLM, sentiment sample, layers 2-5, width 384
     python scripts/fit_surrogates.py --kinds linear,bottleneck-fusion --steps 300 --out runs/fit
+    python scripts/fit_surrogates.py --model path/to/llama   # decoder defaults: webnlg, NTK of the target log-prob
     python scripts/fit_surrogates.py --help                # every flag and every file written
 
 The work is `ntkfuse.experiments.surrogates`; see docs/surrogates.md.

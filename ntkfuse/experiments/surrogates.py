@@ -40,11 +40,14 @@ class SurrogateRunError(ValueError):
 class SurrogatesConfig:
     """Settings of a run (the flags of scripts/fit_surrogates.py)."""
     model: str = "minilm"
-    data: str = "sample:sentiment"
+    # None: the model family's defaults, resolved after loading (`resolve`): data
+    # `Family.default_data` (MiniLM sample:sentiment, decoders sample:webnlg), layers the last
+    # two thirds (MiniLM 2-5), width D/4 (MiniLM 384), rank d/4 (MiniLM 96)
+    data: Optional[str] = None
     n_examples: Optional[int] = None
-    layers: str | tuple = "2-5"
-    width: int = 384
-    rank: int = 96
+    layers: str | tuple | None = None
+    width: Optional[int] = None
+    rank: Optional[int] = None
     kinds: str | tuple = "linear,low_rank_linear,bottleneck-fusion,bottleneck-prune"
     loss: str = "mse"
     steps: int = 400
@@ -109,6 +112,8 @@ def check_settings(c: SurrogatesConfig, methods: Optional[Sequence[str]] = None)
     if len(set(kinds)) != len(kinds):
         raise E(f"--kinds: a kind is listed twice in {','.join(kinds)}")
     for name in ("steps", "batch_size", "eval_every", "max_length", "n_init", "width", "rank"):
+        if getattr(c, name) is None:   # width, rank: resolved from the model
+            continue
         validate.check_positive(f"--{name.replace('_', '-')}", getattr(c, name), integer=True, error=E)
     for name in ("ntk_examples", "checkpoint_every", "patience"):
         validate.check_positive(f"--{name.replace('_', '-')}", getattr(c, name), integer=True, allow_zero=True,
@@ -122,9 +127,11 @@ def check_settings(c: SurrogatesConfig, methods: Optional[Sequence[str]] = None)
     validate.check_positive("--weight-decay", c.weight_decay, allow_zero=True, error=E)
     validate.check_choice("--loss", c.loss, ("mse", "cosine"), error=E)
     validate.check_choice("--plan-metric", c.plan_metric, PLAN_METRICS, error=E)
-    layers = validate.parse_layers(c.layers, error=lambda m: E(f"--layers: {m}"))
-    if not layers:
-        raise E("--layers: no layers given")
+    layers = None
+    if c.layers is not None:
+        layers = validate.parse_layers(c.layers, error=lambda m: E(f"--layers: {m}"))
+        if not layers:
+            raise E("--layers: no layers given")
     plan_widths = ()
     if c.plan_widths:
         try:
@@ -142,10 +149,48 @@ def check_settings(c: SurrogatesConfig, methods: Optional[Sequence[str]] = None)
     return Checked(layers, kinds, plan_widths)
 
 
-def check_model(c: SurrogatesConfig, checked: Checked, cfg) -> tuple:
-    """Checks against the loaded model's shapes; returns the layers."""
+def resolve(c: SurrogatesConfig, cfg) -> SurrogatesConfig:
+    """`c` with every None default replaced by the model's: data (the family's default), layers
+    (the last two thirds, as "a-b"), width D/4, rank d/4 — for MiniLM the values that were the
+    fixed defaults before, so such runs keep their configuration hash."""
+    from ..models.families import get_family
+    from .compare import default_layers
+    ch = {}
+    if c.data is None:
+        ch["data"] = get_family(cfg.family).default_data
+    if c.layers is None:
+        ls = default_layers(cfg.num_layers)
+        ch["layers"] = f"{ls[0]}-{ls[-1]}" if len(ls) > 1 else str(ls[0])
+    if c.width is None:
+        ch["width"] = max(1, cfg.intermediate // 4)
+    if c.rank is None:
+        ch["rank"] = max(1, cfg.hidden // 4)
+    return dataclasses.replace(c, **ch)
+
+
+def output_name(cfg) -> str:
+    """The NTK's scalar output, as ntk_compare picks it: class-prob (class 0) for a classifier,
+    target-logprob (summed over target tokens) for a language model."""
+    return "target-logprob" if cfg.head == "lm" else "class-prob"
+
+
+def scalar_output(cfg):
+    from .. import ntk
+    return ntk.target_logprob("sum") if output_name(cfg) == "target-logprob" else ntk.class_prob(0)
+
+
+def _unsupported(block) -> set:
+    subs = block.sub_blocks()
+    if subs is not None:
+        return set().union(*(_unsupported(s) for s in subs))
+    return set(type(block).unsupported_methods)
+
+
+def check_model(c: SurrogatesConfig, checked: Checked, cfg, params=None) -> tuple:
+    """Checks against the loaded model's shapes (`c` resolved); returns the layers."""
     E = SurrogateRunError
-    layers = validate.check_layers(checked.layers, cfg.num_layers, error=lambda m: E(f"--layers: {m}"))
+    layers = validate.parse_layers(c.layers, error=lambda m: E(f"--layers: {m}"))
+    layers = validate.check_layers(layers, cfg.num_layers, error=lambda m: E(f"--layers: {m}"))
     D = cfg.intermediate
     for what, w in [("--width", c.width)] + [("--plan-widths", w) for w in checked.plan_widths]:
         validate.check_width(w, D, what=what, error=E)
@@ -153,9 +198,20 @@ def check_model(c: SurrogatesConfig, checked: Checked, cfg) -> tuple:
             raise E(f"{what} {w} is the MLP width D = {D} itself: nothing to compress (use 1..{D - 1})")
     if c.rank > cfg.hidden:
         raise E(f"--rank {c.rank} out of range: must be between 1 and the hidden size d = {cfg.hidden}")
-    if cfg.head != "classifier":
-        raise E("this script measures NTKs of a classifier's class probability; the model's head is "
-                f"{cfg.head!r}")
+    if cfg.head not in ("classifier", "lm"):
+        raise E("this script measures NTKs of a classifier's class probability or a language model's target "
+                f"log-probability; the model's head is {cfg.head!r}")
+    if params is not None:
+        from ..models import get_mlp
+        bad = set().union(*(_unsupported(get_mlp(params, l)) for l in layers))
+        kind = type(get_mlp(params, layers[0])).__name__
+        for k in checked.kinds:
+            if k.startswith("bottleneck-") and k.split("-", 1)[1] in bad:
+                raise E(f"--kinds {k}: {k.split('-', 1)[1]} does not apply to this model's {kind} blocks; "
+                        f"drop it (unsupported here: {', '.join(sorted(bad))})")
+        if checked.plan_widths and c.plan_method in bad:
+            raise E(f"--plan-method {c.plan_method} does not apply to this model's {kind} blocks "
+                    f"(unsupported here: {', '.join(sorted(bad))})")
     return layers
 
 
@@ -190,19 +246,27 @@ def run(c: SurrogatesConfig, out: str | Path, *, progress: bool = True, fresh: b
     from ..compress import save_compressed
     from ..data import load_examples
     from ..data.batching import make_batch
-    from ..ntk import class_prob, kernels, mlp_layers, ntk_error, output_error
+    from ..ntk import kernels, mlp_layers, ntk_error, output_error
     from ..surrogate import FitConfig, collect_pairs, fit_blocks, init_surrogates
     from ..surrogate.fit import _split
 
-    try:
-        examples = load_examples(c.data, c.n_examples)
-    except ValueError as e:
-        raise E(f"--data: {e}") from None
+    examples = None
+    if c.data is not None:   # a bad data spec fails before the model loads
+        try:
+            examples = load_examples(c.data, c.n_examples)
+        except ValueError as e:
+            raise E(f"--data: {e}") from None
     try:
         cfg, params, _, tok = ntkfuse.load(c.model)
     except Exception as e:
         raise E(f"--model {c.model!r}: {e}") from None
-    layers = check_model(c, checked, cfg)
+    c = resolve(c, cfg)
+    layers = check_model(c, checked, cfg, params)
+    if examples is None:
+        try:
+            examples = load_examples(c.data, c.n_examples)
+        except ValueError as e:
+            raise E(f"--data: {e}") from None
 
     fc = FitConfig(loss=c.loss, steps=c.steps, batch_size=c.batch_size, lr=c.lr, weight_decay=c.weight_decay,
                    holdout=c.holdout, eval_every=c.eval_every, patience=c.patience,
@@ -222,14 +286,15 @@ def run(c: SurrogatesConfig, out: str | Path, *, progress: bool = True, fresh: b
     teachers = [ntkfuse.get_mlp(params, l) for l in layers]
     ntk_batch = make_batch(cfg, tok, examples[:c.ntk_examples], c.max_length) if c.ntk_examples else None
     sel = mlp_layers(layers)
-    K_ref = kernels(cfg, params, ntk_batch, output=class_prob(0), selector=sel) if ntk_batch else None
+    out_fn = scalar_output(cfg)
+    K_ref = kernels(cfg, params, ntk_batch, output=out_fn, selector=sel) if ntk_batch else None
 
     def model_metrics(blocks):
         new = ntkfuse.replace_mlps(params, dict(zip(layers, blocks)))
         err = output_error(cfg, params, new, batches, max(layers) + 1)
         m = {"output_error": err["layer"], "logit_error": err["logits"]}
         if K_ref is not None:
-            K = kernels(cfg, new, ntk_batch, output=class_prob(0), selector=sel)
+            K = kernels(cfg, new, ntk_batch, output=out_fn, selector=sel)
             for kind in K:
                 e = ntk_error(K[kind], K_ref[kind])
                 m[f"{kind}_abs"], m[f"{kind}_rel"] = e["abs"], e["rel"]
@@ -281,7 +346,7 @@ def run(c: SurrogatesConfig, out: str | Path, *, progress: bool = True, fresh: b
 
     meta = {"model": c.model, "data": c.data, "examples": len(examples), "tokens": int(X.shape[1]),
             "heldout_tokens": int(len(ho)), "layers": list(layers), "width": c.width, "rank": c.rank,
-            "fit": dataclasses.asdict(fc), "ntk_examples": c.ntk_examples, "ntk_output": "class_prob(0)",
+            "fit": dataclasses.asdict(fc), "ntk_examples": c.ntk_examples, "ntk_output": "target_logprob(sum)" if output_name(cfg) == "target-logprob" else "class_prob(0)",
             "ntk_params": "MLPs of the chosen layers", "device": describe_device(), "versions": versions(),
             "timestamp": timestamp(), "config_hash": run_hash,
             "block_error": "held-out mean over tokens of ||y_hat - y||_2 at the block output",
@@ -388,5 +453,6 @@ def write_reports(result: dict, out: str | Path) -> dict:
 
 
 __all__ = ["SurrogatesConfig", "SurrogateRunError", "valid_kinds", "kind_key", "check_settings", "check_model",
+           "resolve", "output_name", "scalar_output",
            "block_error", "run", "allocate", "layer_rows", "model_rows", "format_markdown", "plot", "write_reports",
            "KIND_CHOICES", "BASE_KINDS", "ROW_FORMAT"]

@@ -115,3 +115,80 @@ def test_end_to_end_tiny_classifier_and_resume(tiny_models, tmp_path, capsys, mo
     assert "different configuration" in capsys.readouterr().err
     assert fit_surrogates_main(args[:3] + ["linear"] + args[4:] + ["--seed", "1", "--fresh"]) == 0
     assert sorted(p.name for p in (out / "parts").iterdir()) == ["linear.json"]
+
+
+def _decoder_dir(tmp_path, family):
+    """A tiny LlamaForCausalLM / MixtralForCausalLM written with save_pretrained, word-level tokenizer."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from tests.experiments.conftest import _tokenizer
+    d = tmp_path / family
+    d.mkdir()
+    V = _tokenizer("gpt2", d)
+    torch.manual_seed(0)
+    base = dict(vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=64, pad_token_id=None, bos_token_id=0, eos_token_id=0)
+    if family == "llama":
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**base))
+    else:
+        model = transformers.MixtralForCausalLM(transformers.MixtralConfig(**base, num_local_experts=4,
+                                                                           num_experts_per_tok=2))
+    model.save_pretrained(d)
+    return d
+
+
+DEC = ["--steps", "4", "--eval-every", "2", "--batch-size", "32", "--n-examples", "8", "--max-length", "16",
+       "--ntk-examples", "3", "--n-init", "1", "--no-progress"]
+
+
+@pytest.mark.parametrize("family, kinds", [
+    ("llama", "linear,linear_sgd,low_rank_linear,bottleneck-random,bottleneck-fusion,bottleneck-prune"),
+    ("mixtral", "linear,bottleneck-random,bottleneck-fusion")])
+def test_end_to_end_tiny_decoder_with_defaults_and_plan(tmp_path, capsys, family, kinds):
+    """Data, layers, width and rank from the model (webnlg, last two thirds = 1-2, D/4 = 12, d/4 = 8); the NTK
+    of the target log-probability; the sensitivity sweep (next-token KL) and width plans."""
+    d = _decoder_dir(tmp_path, family)
+    out = tmp_path / "fit"
+    args = ["--model", str(d), "--kinds", kinds, "--out", str(out), "--plan-widths", "6,24"] + DEC
+    assert fit_surrogates_main(args) == 0, capsys.readouterr().err
+    res = json.loads((out / "results.json").read_text())
+    meta = res["meta"]
+    assert meta["data"] == "sample:webnlg" and meta["layers"] == [1, 2] and meta["width"] == 12
+    assert meta["rank"] == 8 and meta["ntk_output"] == "target_logprob(sum)"
+    assert [r["kind"] for r in res["results"]] == kinds.split(",")
+    D = 48 * (4 if family == "mixtral" else 1)
+    for r in res["results"]:
+        assert all(np.isfinite(v) for v in r["block_error_after"] + r["block_error_before"])
+        assert np.isfinite(r["after"]["ntk_rel"]) and np.isfinite(r["after"]["sign_rel"])
+        if r["kind"].startswith("bottleneck"):
+            router = 4 * 32 if family == "mixtral" else 0
+            assert r["params_per_layer"] == [3 * 32 * D // 4 + router] * 2
+            assert r["teacher_params_per_layer"] == [3 * 32 * D + router] * 2
+            assert r["steps"] == 4
+    for name in ("results.csv", "results_model.csv", "results.md", "results.png", "plan.json", "plan.md",
+                 "model_bottleneck-fusion"):
+        assert (out / name).exists(), name
+    plan = json.loads((out / "plan.json").read_text())
+    assert len(plan["sensitivity"]) == 4 and all(r["kl"] >= 0 for r in plan["sensitivity"])
+    assert set(plan["plans"]) == {"greedy", "knapsack"}
+
+
+def test_unsupported_bottleneck_for_gated_blocks_is_refused(tmp_path, capsys):
+    from ntkfuse.models.blocks import GatedMLP
+    if "svd" not in GatedMLP.unsupported_methods:
+        pytest.skip("svd supports gated blocks")
+    d = _decoder_dir(tmp_path, "llama")
+    rc = fit_surrogates_main(["--model", str(d), "--kinds", "bottleneck-svd", "--out", str(tmp_path / "o")] + DEC)
+    err = capsys.readouterr().err
+    assert rc == 2 and "--kinds bottleneck-svd: svd does not apply to this model's GatedMLP blocks" in err, err
+
+
+def test_minilm_defaults_resolve_to_the_former_fixed_defaults():
+    """Data, layers, width, rank now come from the model; for MiniLM they are the old fixed defaults,
+    so the configuration hash of a default run is unchanged."""
+    from ntkfuse.models import ModelConfig
+    cfg = ModelConfig(family="bert", vocab_size=10, hidden=384, intermediate=1536, num_layers=6, num_heads=12,
+                      max_positions=512)
+    r = S.resolve(S.SurrogatesConfig(), cfg)
+    assert (r.data, r.layers, r.width, r.rank) == ("sample:sentiment", "2-5", 384, 96)
+    assert S.resolve(S.SurrogatesConfig(width=10, layers="1,3"), cfg).layers == "1,3"
