@@ -5,7 +5,7 @@ singleton sensitivities under a parameter budget."""
 from __future__ import annotations
 
 from .allocation import AllocationError, Option, Plan, greedy, knapsack, options_from_sensitivity
-from .build import KINDS, SurrogateError, init_surrogates, random_bottleneck
+from .build import KINDS, SurrogateError, block_dim, init_surrogates, random_bottleneck, random_like
 from .collect import CollectError, batches_from_texts, check_layers, collect_pairs, iter_pairs
 from .fit import FitConfig, FitError, FitResult, evaluate_blocks, fit_blocks, fit_grouped, stack_blocks, unstack_blocks
 from .linear import RidgeStats, fit_ridge, low_rank_from_linear
@@ -13,7 +13,7 @@ from .sensitivity import SensitivityError, layer_sensitivity, output_kl, replace
 from .tuning import TuneConfig, TuneError, hidden_loss, layerwise_tune
 
 __all__ = ["AllocationError", "Option", "Plan", "greedy", "knapsack", "options_from_sensitivity", "KINDS",
-           "SurrogateError", "init_surrogates", "random_bottleneck", "CollectError", "batches_from_texts",
+           "SurrogateError", "block_dim", "init_surrogates", "random_bottleneck", "random_like", "CollectError", "batches_from_texts",
            "check_layers", "collect_pairs", "iter_pairs", "FitConfig", "FitError", "FitResult", "evaluate_blocks",
            "fit_blocks", "fit_grouped", "stack_blocks", "unstack_blocks", "RidgeStats", "fit_ridge", "low_rank_from_linear",
            "SensitivityError", "layer_sensitivity", "output_kl", "replace_one", "sensitivity_options",
