@@ -14,6 +14,7 @@ import pytest
 
 import ntkfuse
 from ntkfuse.models import ModelConfig, UnsupportedModelError
+from tests.models.hf_decoders import hf_outputs, padded_batch, save_variants
 from tests.models.test_parity import rel_err
 
 torch = pytest.importorskip("torch")
@@ -50,28 +51,15 @@ def _model(name, seed=0):
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
-    out = {}
-    for name in VARIANTS:
-        d = tmp_path_factory.mktemp(name)
-        model = _model(name)
-        model.save_pretrained(d, safe_serialization=True)
-        out[name] = (model, d)
-    return out
+    return save_variants(tmp_path_factory, VARIANTS, _model)
 
 
 def _batch():
-    ids = np.random.default_rng(0).integers(3, 50, (3, 12))
-    mask = np.ones_like(ids)
-    mask[1, 8:] = 0   # right padding
-    mask[2, 5:] = 0
-    ids = np.where(mask == 1, ids, 0)
-    return {"input_ids": ids.astype(np.int32), "attention_mask": mask.astype(np.int32)}
+    return padded_batch(50)
 
 
 def _hf(model, batch):
-    with torch.no_grad():
-        out = model(**{k: torch.from_numpy(v.astype(np.int64)) for k, v in batch.items()}, output_hidden_states=True)
-    return out.logits.numpy(), [h.numpy() for h in out.hidden_states]
+    return hf_outputs(model, batch)
 
 
 @pytest.mark.parametrize("scan", [False, True], ids=["list", "scan"])

@@ -1,0 +1,35 @@
+"""Shared by the decoder parity tests (Llama family, Mixtral): tiny random HF models saved
+with save_pretrained per variant, a right-padded batch, and the HF torch outputs."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def save_variants(tmp_path_factory, variants, build) -> dict:
+    """{name: (torch model, checkpoint dir)}: `build(name)` for each variant, saved as safetensors."""
+    out = {}
+    for name in variants:
+        d = tmp_path_factory.mktemp(name)
+        model = build(name)
+        model.save_pretrained(d, safe_serialization=True)
+        out[name] = (model, d)
+    return out
+
+
+def padded_batch(vocab: int = 50) -> dict:
+    """3 × 12 token ids, rows 1 and 2 right-padded after 8 and 5 tokens (pad id 0)."""
+    ids = np.random.default_rng(0).integers(3, vocab, (3, 12))
+    mask = np.ones_like(ids)
+    mask[1, 8:] = 0
+    mask[2, 5:] = 0
+    ids = np.where(mask == 1, ids, 0)
+    return {"input_ids": ids.astype(np.int32), "attention_mask": mask.astype(np.int32)}
+
+
+def hf_outputs(model, batch) -> tuple:
+    """(logits, [every hidden state]) of the HF torch model as float32 numpy."""
+    import torch
+    with torch.no_grad():
+        out = model(**{k: torch.from_numpy(v.astype(np.int64)) for k, v in batch.items()}, output_hidden_states=True)
+    f = lambda t: t.float().numpy()  # noqa: E731
+    return f(out.logits), [f(h) for h in out.hidden_states]
