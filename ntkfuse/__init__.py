@@ -6,11 +6,12 @@ __version__ = "0.1.0"
 
 from .checkpoints import CheckpointError, Loaded, load, load_tokenizer
 from .data.tokenize import tokenize
-from .models import (DenseMLP, FusedGatedMLP, FusedMLP, GatedMLP, LinearMLP, LowRankLinearMLP, LowRankMLP,
+from .models import (DenseMLP, FusedGatedMLP, FusedMLP, GatedMLP, LinearMLP, LowRankGatedMLP, LowRankLinearMLP,
+                     LowRankMLP,
                      ModelConfig, ModelOutput,
                      check_batch, forward, get_mlp, init_params, jit_forward, replace_mlps)
 
 __all__ = ["__version__", "CheckpointError", "Loaded", "load", "load_tokenizer", "tokenize", "ModelConfig",
            "ModelOutput", "forward", "jit_forward", "check_batch", "init_params", "get_mlp", "replace_mlps",
            "DenseMLP", "FusedMLP", "LowRankMLP", "LinearMLP", "LowRankLinearMLP",
-           "GatedMLP", "FusedGatedMLP"]
+           "GatedMLP", "FusedGatedMLP", "LowRankGatedMLP"]

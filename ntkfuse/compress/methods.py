@@ -4,7 +4,9 @@ magnitude, svd, mmd. Pure functions of the pretrained block and a PRNG key.
 Neuron i of a DenseMLP is the sub-MLP z_i = [W1[i, :], b1[i], W2[:, i]] ∈ R^{2d+1}
 (R^{2d} when the block has no b1). b2 is always kept unchanged. A GatedMLP's neuron is
 [W_gate[i], W_up[i], W_down[:, i]] ∈ R^{3d} (docs/gated.md); the methods ask the block
-for its neuron operations (features, scores, fuse, cluster, sketch), never its fields.
+for its neuron operations (features, scores, fuse, cluster, sketch) and, for magnitude and
+svd, its weight matrices (`weight_matrices`, `with_weight_matrices`, `low_rank`), never its
+fields.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..models import replace_mlps
-from ..models.blocks import DenseMLP, LowRankMLP, activation_fn
+from ..models.blocks import DenseMLP, activation_fn
 from ..validate import check_layers, check_options, check_width, keyword_defaults
 from .kmeans import _kmeans_layer, run_batched
 
@@ -46,7 +48,9 @@ def neuron_scores(block: DenseMLP, score: str = "l2") -> jax.Array:
 
 def svd_rank_for_width(d: int, D: int, k: int) -> int:
     """Parameter-matched rank: a width-k MLP has 2kd weights, rank-t factors of W1 and W2
-    have 2t(D+d), so t = floor(k·d / (D+d)) (≥ 1). d=768, D=3072, k=768 → 153."""
+    have 2t(D+d), so t = floor(k·d / (D+d)) (≥ 1). d=768, D=3072, k=768 → 153. The same t for
+    a gated block: a width-k GatedMLP has 3kd weights, rank-t factors of its three matrices
+    3t(D+d)."""
     return max(1, (k * d) // (D + d))
 
 
@@ -91,13 +95,15 @@ def prune(block, width, key, *, score="l2"):
 
 
 def magnitude(block, width, key, *, sparsity=0.2):
-    """Zero the smallest `sparsity` fraction of |W1|, |W2| (one block; `compress` thresholds globally)."""
+    """Zero the smallest `sparsity` fraction of the block's weight matrices' entries (|W1|, |W2|; gated:
+    |W_gate|, |W_up|, |W_down|) under one threshold (one block; `compress` thresholds globally)."""
     return _magnitude_mask([block], float(sparsity))[0]
 
 
 def svd(block, width, key, *, rank=None):
-    """Truncated SVD of W1 and W2 at `rank` (default: parameter-matched to width)."""
-    D, d = block.w1.shape
+    """Truncated SVD of each weight matrix (W1, W2; gated: W_gate, W_up, W_down) at `rank`
+    (default: parameter-matched to width, `svd_rank_for_width`)."""
+    D, d = block.width, block.weight_matrices()[0].shape[1]
     rank = rank if rank is not None else svd_rank_for_width(d, D, width)
     return _svd(block, int(rank))
 
@@ -154,8 +160,10 @@ def _check_block(block, method, width, opts, where=""):
     check_width(width, D, error=CompressionError, what=f"{where}width")
     if method == "sketch" and not 0 <= int(opts["keep"]) <= width:
         raise CompressionError(f"{where}sketch keep must be in [0, width={width}], got {opts['keep']}")
-    if method == "svd" and opts["rank"] is not None and not 0 < int(opts["rank"]) <= min(D, block.w1.shape[1]):
-        raise CompressionError(f"{where}svd rank must be in [1, {min(D, block.w1.shape[1])}], got {opts['rank']}")
+    if method == "svd" and opts["rank"] is not None:
+        top = min(min(w.shape) for w in block.weight_matrices())
+        if not 0 < int(opts["rank"]) <= top:
+            raise CompressionError(f"{where}svd rank must be in [1, {top}], got {opts['rank']}")
     for f in dataclasses.fields(block):
         a = getattr(block, f.name)
         name = f.name
@@ -170,18 +178,19 @@ def _check_activation(activation):
         raise CompressionError(str(e)) from None
 
 
-def _magnitude_mask(blocks: Sequence[DenseMLP], sparsity: float):
-    """Zero the globally smallest |w| fraction of all W1, W2 entries of `blocks` (biases kept).
+def _magnitude_mask(blocks: Sequence, sparsity: float):
+    """Zero the globally smallest |w| fraction of all `weight_matrices` entries of `blocks`
+    (W1, W2; gated: W_gate, W_up, W_down; biases kept), same kinds and widths.
     Ties at the threshold are all kept, so at most round(sparsity·n) weights are removed."""
-    flat = np.concatenate([np.abs(np.asarray(m)).ravel() for b in blocks for m in (b.w1, b.w2)])
+    flat = np.concatenate([np.abs(np.asarray(m)).ravel() for b in blocks for m in b.weight_matrices()])
     n = int(round(sparsity * flat.size))
     if n == 0:
         return list(blocks)
     thr = np.partition(flat, n - 1)[n - 1]
     # strictly above the n-th smallest is kept; weights equal to it are removed only if
     # there is room (exactness in the presence of ties is not needed for float weights)
-    return [DenseMLP(jnp.where(jnp.abs(b.w1) > thr, b.w1, 0.0), b.b1,
-                     jnp.where(jnp.abs(b.w2) > thr, b.w2, 0.0), b.b2) for b in blocks]
+    return [b.with_weight_matrices(tuple(jnp.where(jnp.abs(m) > thr, m, jnp.zeros((), m.dtype))
+                                         for m in b.weight_matrices())) for b in blocks]
 
 
 def truncated_svd_factors(W, rank: int):
@@ -207,9 +216,9 @@ def truncated_svd_factors(W, rank: int):
 
 
 def _svd(block, rank):
-    u1, v1 = truncated_svd_factors(block.w1, rank)
-    u2, v2 = truncated_svd_factors(block.w2, rank)
-    return LowRankMLP(u1, v1, block.b1, u2, v2, block.b2)
+    """The block's low-rank kind (LowRankMLP, LowRankGatedMLP) from rank-`rank` factors of each
+    of its `weight_matrices`."""
+    return block.low_rank([truncated_svd_factors(w, rank) for w in block.weight_matrices()])
 
 
 def _mmd_kernel_dists(A, B):
@@ -321,7 +330,9 @@ def compress_block(block: DenseMLP, method: str, width: int, key, *, activation:
     fusion → FusedMLP (static counts); cluster, sketch, prune, mmd → DenseMLP of width k;
     magnitude → DenseMLP of width D with the smallest `sparsity` fraction of |W1|,|W2|
     zeroed (`width` is validated but unused); svd → LowRankMLP of rank `rank` (default
-    `svd_rank_for_width`). `activation` is validated only: no method depends on σ.
+    `svd_rank_for_width`). A GatedMLP gives the gated kinds (fusion → FusedGatedMLP,
+    magnitude → GatedMLP with zeros in W_gate, W_up, W_down, svd → LowRankGatedMLP;
+    docs/gated.md). `activation` is validated only: no method depends on σ.
     Options: fusion/cluster n_init, max_iter, tol; sketch keep; prune score ("l2"|"l1");
     magnitude sparsity; svd rank; mmd steps, lr, weight_decay (AdamW, torch's default 0.01).
     An MoEMLP is compressed expert by expert (expert e with key `fold_in(key, e)`; magnitude:
@@ -437,7 +448,7 @@ def compress(cfg, params: dict, method: str, layers: Sequence[int], width: int, 
     Layer layers[i] uses key `jax.random.split(key, len(layers))[i]`, so it equals
     `compress_block(get_mlp(params, layers[i]), method, width, keys[i])` (k-means for all
     layers of equal shape runs batched in one jitted call). `magnitude` uses one global
-    threshold over the chosen layers' W1 and W2. An MoE layer (MoEMLP) is compressed expert by
+    threshold over the chosen layers' W1 and W2 (gated: W_gate, W_up, W_down; MoE: every expert's). An MoE layer (MoEMLP) is compressed expert by
     expert to width `width` each, expert e with key `fold_in(keys[i], e)`, its router untouched
     (docs/moe.md). fusion/cluster: `kmeans_result` (from
     `kmeans_layers` with the same params, layers, width, key and k-means options) skips

@@ -15,8 +15,8 @@ import numpy as np
 from .config import ModelConfig
 from .families import FAMILIES, SUPPORTED_MODEL_TYPES, Family, UnsupportedModelError, get_family
 from .families.common import init_head
-from .blocks import (MLP_KINDS, DenseMLP, FusedGatedMLP, FusedMLP, GatedMLP, LinearMLP, LowRankLinearMLP, LowRankMLP,
-                     activation_fn, apply_mlp, count_params, is_mlp)
+from .blocks import (MLP_KINDS, DenseMLP, FusedGatedMLP, FusedMLP, GatedMLP, LinearMLP, LowRankGatedMLP,
+                     LowRankLinearMLP, LowRankMLP, activation_fn, apply_mlp, count_params, is_mlp)
 from .outputs import ModelOutput
 
 
@@ -74,5 +74,6 @@ def replace_mlps(params: dict, blocks: dict) -> dict:
 
 __all__ = ["ModelConfig", "ModelOutput", "SUPPORTED_MODEL_TYPES", "UnsupportedModelError", "FAMILIES", "Family",
            "get_family", "forward", "jit_forward", "check_batch", "init_params", "init_head", "get_mlp", "replace_mlps", "DenseMLP",
-           "FusedMLP", "GatedMLP", "FusedGatedMLP", "LowRankMLP", "LinearMLP", "LowRankLinearMLP", "MLP_KINDS",
+           "FusedMLP", "GatedMLP", "FusedGatedMLP", "LowRankGatedMLP", "LowRankMLP", "LinearMLP", "LowRankLinearMLP",
+           "MLP_KINDS",
            "apply_mlp", "activation_fn", "count_params", "is_mlp"]

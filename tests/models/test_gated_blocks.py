@@ -1,5 +1,6 @@
-"""Gated MLP kinds (GatedMLP, FusedGatedMLP): forward against float64 maths, counts, fixed
-fields, neuron operations, stacking, and fusion's exact identity at one neuron per cluster."""
+"""Gated MLP kinds (GatedMLP, FusedGatedMLP, LowRankGatedMLP): forward against float64 maths,
+counts, fixed fields, neuron operations, stacking, and fusion's exact identity at one neuron per
+cluster."""
 from __future__ import annotations
 
 import math
@@ -9,12 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ntkfuse.models.blocks import (MLP_KINDS, FusedGatedMLP, GatedMLP, activation_fn, apply_mlp, count_params,
-                                   fixed_fields, is_mlp)
+from ntkfuse.models.blocks import (MLP_KINDS, FusedGatedMLP, GatedMLP, LowRankGatedMLP, Probes, activation_fn,
+                                   apply_mlp, count_params, fixed_fields, is_mlp)
 
-d, D, k = 6, 10, 4
+d, D, k, r = 6, 10, 4, 3
 COUNTS = (1, 3, 2, 4)
-GATED_NAMES = ("gated", "fused_gated")
+GATED_NAMES = ("gated", "fused_gated", "low_rank_gated")
 
 
 def _rand(seed, *shape):
@@ -26,6 +27,9 @@ def make_gated(kind: str):
         return GatedMLP(_rand(0, D, d), _rand(1, D, d), _rand(2, d, D))
     if kind == "fused_gated":
         return FusedGatedMLP(_rand(0, k, d), _rand(1, k, d), _rand(2, d, k), COUNTS)
+    if kind == "low_rank_gated":
+        return LowRankGatedMLP(_rand(0, D, r), _rand(1, r, d), _rand(2, D, r), _rand(3, r, d), _rand(4, d, r),
+                               _rand(5, r, D))
     raise AssertionError(kind)
 
 
@@ -33,12 +37,17 @@ def reference(block, x, act="silu"):
     """y = W_down (n ⊙ σ(W_gate x) ⊙ (W_up x)) in float64 numpy (n = 1 for GatedMLP)."""
     x = np.asarray(x, np.float64)
     f = lambda a: np.asarray(a, np.float64)  # noqa: E731
-    z = x @ f(block.w_gate).T
+    if isinstance(block, LowRankGatedMLP):   # W = U V for each matrix
+        wg, wu, wd = (f(u) @ f(v) for u, v in ((block.u_gate, block.v_gate), (block.u_up, block.v_up),
+                                                (block.u_down, block.v_down)))
+    else:
+        wg, wu, wd = f(block.w_gate), f(block.w_up), f(block.w_down)
+    z = x @ wg.T
     s = z / (1 + np.exp(-z)) if act == "silu" else 0.5 * z * (1 + np.vectorize(math.erf)(z / np.sqrt(2)))
-    h = s * (x @ f(block.w_up).T)
+    h = s * (x @ wu.T)
     if isinstance(block, FusedGatedMLP):
         h = h * np.asarray(block.counts, np.float64)
-    return h @ f(block.w_down).T
+    return h @ wd.T
 
 
 @pytest.mark.parametrize("jit", [False, True])
@@ -53,7 +62,7 @@ def test_forward_matches_float64_maths(kind, act, jit):
     assert block.kind == kind and is_mlp(block) and type(block) in MLP_KINDS
 
 
-@pytest.mark.parametrize("kind", GATED_NAMES)
+@pytest.mark.parametrize("kind", ["gated", "fused_gated"])
 def test_param_count_flops_width(kind):
     block = make_gated(kind)
     w = D if kind == "gated" else k
@@ -62,6 +71,23 @@ def test_param_count_flops_width(kind):
     # 2wd (gate) + 2wd (up) + 2dw (down) + w (σ) + w (gating product) [+ w (diag n)]
     assert block.flops_per_token() == 6 * w * d + 2 * w + (w if kind == "fused_gated" else 0)
     assert block.neuron_view() is None and block.token_grads is None
+
+
+def test_low_rank_gated_counts_and_protocol():
+    """svd's gated kind: width D, rank r, 3r(D+d) parameters; FLOPs of the six factor matmuls plus σ
+    and the gating product; no neuron view or token factors (explicit-gradient NTK), not compressible."""
+    block = make_gated("low_rank_gated")
+    assert block.width == D and block.rank == r and fixed_fields(LowRankGatedMLP) == ()
+    assert block.param_count() == count_params(block) == 3 * r * (D + d)
+    # gate and up: 2(rd + Dr) each; down: 2(rD + dr); σ: D; gating product: D
+    assert block.flops_per_token() == 2 * (r * d + D * r) * 2 + 2 * (r * D + d * r) + 2 * D
+    assert block.neuron_view() is None and block.token_grads is None and not block.compressible
+    with pytest.raises(TypeError, match="no probed forward"):
+        block.apply_probed(jnp.ones((1, d)), activation_fn("silu"), Probes())
+    holder, fixed = block.split_fixed()   # nothing fixed: stacking is the block itself
+    assert fixed == {} and LowRankGatedMLP.join_fixed(holder, {}) is holder
+    g = jax.grad(lambda b: jnp.sum(b(jnp.ones((2, d)), activation_fn("silu"))))(block)
+    assert [x.shape for x in jax.tree_util.tree_leaves(g)] == [x.shape for x in jax.tree_util.tree_leaves(block)]
 
 
 def test_fixed_fields_are_metadata_not_leaves():

@@ -139,12 +139,13 @@ def test_ntk_compare_cli_on_tiny_llama(tmp_path, capsys):
                                       "eos_token_id": 0}, num_key_value_heads=2)
     transformers.LlamaForCausalLM(cfg).save_pretrained(d)
     out = tmp_path / "run"
-    rc = compare_main(["--model", str(d), "--methods", "fusion,prune", "--width", "8", "--n-examples", "4",
-                       "--max-length", "16", "--n-init", "1", "--seeds", "0", "--out", str(out), "--no-progress"])
+    rc = compare_main(["--model", str(d), "--methods", "fusion,prune,svd,magnitude", "--width", "8",
+                       "--n-examples", "4", "--max-length", "16", "--n-init", "1", "--seeds", "0", "--out", str(out),
+                       "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 0, err
     res = json.loads((out / "results.json").read_text())
-    assert [r["method"] for r in res["results"]] == ["fusion", "prune"]
+    assert [r["method"] for r in res["results"]] == ["fusion", "prune", "svd", "magnitude"]
     assert res["config"]["output"] == "target-logprob"
     for r in res["results"]:
         assert np.isfinite(r["ntk_rel"]) and r["ntk_rel"] > 0

@@ -152,10 +152,32 @@ def test_routing_unchanged_by_any_expert_compression():
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-@pytest.mark.parametrize("method", ["svd", "magnitude"])
-def test_unsupported_methods_name_the_expert(method):
-    with pytest.raises(CompressionError, match="expert 0: .*does not apply to GatedMLP"):
-        compress_block(make_moe(), method, 4, jax.random.PRNGKey(0), activation="silu")
+def test_svd_is_expert_by_expert():
+    """svd factorises every expert on its own (the router untouched); each expert equals svd of that expert."""
+    from ntkfuse.models.blocks import LowRankGatedMLP
+    block = make_moe()
+    out = compress_block(block, "svd", 4, jax.random.PRNGKey(0), activation="silu", rank=2)
+    assert out.router is block.router and out.top_k == block.top_k
+    for a, b in zip(out.experts, block.experts):
+        want = compress_block(b, "svd", 4, jax.random.PRNGKey(0), activation="silu", rank=2)
+        assert isinstance(a, LowRankGatedMLP) and a.rank == 2 and a.width == D
+        for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(want), strict=True):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_magnitude_is_one_threshold_over_the_experts():
+    """As over layers: one threshold over every expert's W_gate, W_up, W_down (router kept)."""
+    block = make_moe()
+    block = block.with_sub_blocks([GatedMLP(e.w_gate * s, e.w_up * s, e.w_down * s)
+                                   for e, s in zip(block.experts, (1.0, 1.0, 1.0, 0.01))])
+    out = compress_block(block, "magnitude", 4, jax.random.PRNGKey(0), activation="silu", sparsity=0.3)
+    w = lambda m: np.concatenate([np.asarray(x).ravel() for e in m.experts for x in (e.w_gate, e.w_up, e.w_down)])
+    before, after = w(block), w(out)
+    removed = (after == 0) & (before != 0)
+    assert removed.sum() == round(0.3 * before.size)
+    assert np.abs(before[removed]).max() <= np.abs(before[~removed]).min()
+    assert np.all(np.asarray(out.experts[3].w_up) == 0)   # the 100× smaller expert loses everything
+    assert out.router is block.router and out.expert_widths == (D,) * E
 
 
 def test_width_checked_per_expert_and_nonfinite_router():

@@ -15,10 +15,12 @@ from .fused import FusedMLP
 from .gated import FusedGatedMLP, GatedMLP
 from .linear import LinearMLP, LowRankLinearMLP
 from .low_rank import LowRankMLP
+from .low_rank_gated import LowRankGatedMLP
 from .moe import MoEMLP
 from .probe import Probed
 
-MLP_KINDS = (DenseMLP, FusedMLP, LowRankMLP, LinearMLP, LowRankLinearMLP, GatedMLP, FusedGatedMLP, MoEMLP)
+MLP_KINDS = (DenseMLP, FusedMLP, LowRankMLP, LinearMLP, LowRankLinearMLP, GatedMLP, FusedGatedMLP, LowRankGatedMLP,
+             MoEMLP)
 KINDS_BY_NAME = {cls.__name__: cls for cls in MLP_KINDS}
 
 
@@ -42,5 +44,5 @@ def count_params(block) -> int:
 
 __all__ = ["Block", "block_kind", "fixed_fields", "activation_fn", "lin", "NeuronView", "Probes", "neuron_forward",
            "NEURON_TOKEN_GRADS", "DenseMLP", "FusedMLP", "LowRankMLP", "LinearMLP", "LowRankLinearMLP", "GatedMLP",
-           "FusedGatedMLP", "MoEMLP", "Probed",
+           "FusedGatedMLP", "LowRankGatedMLP", "MoEMLP", "Probed",
            "MLP_KINDS", "KINDS_BY_NAME", "is_mlp", "apply_mlp", "count_params"]

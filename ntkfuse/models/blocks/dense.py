@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from .base import NEURON_TOKEN_GRADS, Block, NeuronView, _n, block_kind, neuron_forward
+from .low_rank import LowRankMLP
 
 Array = jax.Array
 
@@ -86,6 +87,22 @@ class DenseMLP(Block):
         b1 = None if self.b1 is None else jnp.concatenate([self.b1[top], S.T @ self.b1[rest]])
         w2 = jnp.concatenate([self.w2[:, top], self.w2[:, rest] @ S], axis=1)
         return DenseMLP(w1, b1, w2, self.b2)
+
+    # ---- matrix-level view for magnitude and svd (METHOD.md §2)
+
+    def weight_matrices(self) -> tuple:
+        """(W1, W2): the matrices `magnitude` masks and `svd` factorises (biases are neither)."""
+        return (self.w1, self.w2)
+
+    def with_weight_matrices(self, ws) -> "DenseMLP":
+        """The same block with `weight_matrices` replaced (same order and shapes); biases kept."""
+        w1, w2 = ws
+        return DenseMLP(w1, self.b1, w2, self.b2)
+
+    def low_rank(self, factors) -> LowRankMLP:
+        """svd's block from one (U, V) pair per `weight_matrices` entry, W ≈ U V; biases kept."""
+        (u1, v1), (u2, v2) = factors
+        return LowRankMLP(u1, v1, self.b1, u2, v2, self.b2)
 
 
 __all__ = ["DenseMLP"]

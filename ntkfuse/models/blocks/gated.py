@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .base import Block, block_kind
+from .low_rank_gated import LowRankGatedMLP
 
 Array = jax.Array
 
@@ -35,8 +36,6 @@ class GatedMLP(Block):
 
     kind = "gated"
     compressible = True
-    # σ acts inside the gate, so these have no neuron-row construction (docs/gated.md).
-    unsupported_methods = ("magnitude", "svd")
 
     @property
     def width(self) -> int:
@@ -91,6 +90,21 @@ class GatedMLP(Block):
         return GatedMLP(cat(self.w_gate[top], S.T @ self.w_gate[rest]),
                         cat(self.w_up[top], S.T @ self.w_up[rest]),
                         cat(self.w_down[:, top], self.w_down[:, rest] @ S, 1))
+
+    # ---- matrix-level view for magnitude and svd (docs/gated.md)
+
+    def weight_matrices(self) -> tuple:
+        """(W_gate, W_up, W_down): the matrices `magnitude` masks and `svd` factorises."""
+        return (self.w_gate, self.w_up, self.w_down)
+
+    def with_weight_matrices(self, ws) -> "GatedMLP":
+        """The same block with `weight_matrices` replaced (same order and shapes)."""
+        return GatedMLP(*ws)
+
+    def low_rank(self, factors) -> LowRankGatedMLP:
+        """svd's block from one (U, V) pair per `weight_matrices` entry, W ≈ U V."""
+        (ug, vg), (uu, vu), (ud, vd) = factors
+        return LowRankGatedMLP(ug, vg, uu, vu, ud, vd)
 
 
 @block_kind
