@@ -173,16 +173,6 @@ def test_end_to_end_tiny_decoder_with_defaults_and_plan(tmp_path, capsys, family
     assert set(plan["plans"]) == {"greedy", "knapsack"}
 
 
-def test_unsupported_bottleneck_for_gated_blocks_is_refused(tmp_path, capsys):
-    from ntkfuse.models.blocks import GatedMLP
-    if "svd" not in GatedMLP.unsupported_methods:
-        pytest.skip("svd supports gated blocks")
-    d = _decoder_dir(tmp_path, "llama")
-    rc = fit_surrogates_main(["--model", str(d), "--kinds", "bottleneck-svd", "--out", str(tmp_path / "o")] + DEC)
-    err = capsys.readouterr().err
-    assert rc == 2 and "--kinds bottleneck-svd: svd does not apply to this model's GatedMLP blocks" in err, err
-
-
 def test_minilm_defaults_resolve_to_the_former_fixed_defaults():
     """Data, layers, width, rank now come from the model; for MiniLM they are the old fixed defaults,
     so the configuration hash of a default run is unchanged."""

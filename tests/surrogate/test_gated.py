@@ -93,13 +93,15 @@ def test_bottlenecks_of_a_gated_teacher(gated_data, method):
         assert [b.counts for b in fitted] == [b.counts for b in init] and sum(init[0].counts) == D
 
 
-def test_unsupported_method_is_a_clear_error(gated_data):
-    from ntkfuse.compress import CompressionError
-    bad = [m for m in ("svd", "magnitude") if m in GatedMLP.unsupported_methods]
-    if not bad:
-        pytest.skip("every method supports gated blocks")
-    with pytest.raises(CompressionError, match=bad[0]):
-        init_surrogates("bottleneck", gated_data[0], jax.random.PRNGKey(0), width=k, method=bad[0], activation=ACT)
+def test_svd_bottleneck_of_a_gated_teacher_fits(gated_data):
+    """svd of a gated teacher is a LowRankGatedMLP at the width-k parameter budget; fitting trains it."""
+    from ntkfuse.models.blocks import LowRankGatedMLP
+    teachers, x, y = gated_data
+    init = init_surrogates("bottleneck", teachers, jax.random.PRNGKey(0), width=k, method="svd", activation=ACT)
+    assert all(type(b) is LowRankGatedMLP for b in init)
+    assert all(b.param_count() <= 3 * k * d for b in init)
+    fitted = _fit_lowers_loss(init, x, y)
+    assert all(type(b) is LowRankGatedMLP for b in fitted)
 
 
 def test_fusion_fitted_grouped_with_different_counts(gated_data):
