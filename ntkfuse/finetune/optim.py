@@ -15,32 +15,17 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ..models.blocks.moe import frozen_mask
+from ..frozen import frozen_adamw, leaf_name
 
 # Leaf names that are biases in ntkfuse's params (layers' "b", MLP blocks' "b1"/"b2",
 # LayerNorm's "bias"); "scale" is only ever a LayerNorm weight.
 NO_DECAY_LEAVES = ("b", "b1", "b2", "bias", "scale")
 
 
-def _leaf_name(path) -> str:
-    k = path[-1]
-    for attr in ("key", "name", "idx"):
-        if hasattr(k, attr):
-            return str(getattr(k, attr))
-    return str(k)
-
-
 def decay_mask(params):
     """True on leaves that get weight decay: every matrix and embedding; False on biases
     and LayerNorm params (derived from leaf paths, so any MLP block kind is covered)."""
-    return jax.tree_util.tree_map_with_path(lambda p, _: _leaf_name(p) not in NO_DECAY_LEAVES, params)
-
-
-def freeze(train_router: bool = False) -> optax.GradientTransformation:
-    """Zero the gradients of `frozen_mask` leaves. Chained before clipping and AdamW (whose
-    decay mask also skips them), their moments stay 0 and their update is exactly 0; the
-    global-norm clip sees only trainable gradients, as torch with requires_grad=False."""
-    return optax.masked(optax.set_to_zero(), lambda p: frozen_mask(p, train_router))
+    return jax.tree_util.tree_map_with_path(lambda p, _: leaf_name(p) not in NO_DECAY_LEAVES, params)
 
 
 def warmup_steps(total_steps: int, warmup: float) -> int:
@@ -62,16 +47,8 @@ def linear_schedule(lr: float, total_steps: int, warmup: int):
 def optimizer(tc, total_steps: int) -> optax.GradientTransformation:
     """AdamW of a `TrainConfig` over `total_steps` updates (clipping first when tc.clip)."""
     sched = linear_schedule(tc.lr, total_steps, warmup_steps(total_steps, tc.warmup))
-    train_router = getattr(tc, "train_router", False)
-
-    def mask(params):
-        frozen = frozen_mask(params, train_router)
-        return jax.tree_util.tree_map(lambda d, f: d and not f, decay_mask(params), frozen)
-
-    tx = optax.adamw(sched, b1=tc.b1, b2=tc.b2, eps=tc.eps, weight_decay=tc.weight_decay, mask=mask)
-    if tc.clip:
-        tx = optax.chain(optax.clip_by_global_norm(tc.clip), tx)
-    return optax.chain(freeze(train_router), tx)
+    return frozen_adamw(sched, b1=tc.b1, b2=tc.b2, eps=tc.eps, weight_decay=tc.weight_decay, decay_mask=decay_mask,
+                        clip=tc.clip, train_router=tc.train_router)
 
 
-__all__ = ["decay_mask", "frozen_mask", "freeze", "linear_schedule", "warmup_steps", "optimizer", "NO_DECAY_LEAVES"]
+__all__ = ["decay_mask", "linear_schedule", "warmup_steps", "optimizer", "NO_DECAY_LEAVES"]

@@ -92,7 +92,7 @@ class FitConfig:
 
     def optimizer(self, frozen: bool = False) -> optax.GradientTransformation:
         """AdamW with linear warm-up then cosine decay (the default schedule). `frozen`: the
-        blocks hold leaves that must not move (an MoE's router, `moe.frozen_mask`): their
+        blocks hold leaves that must not move (an MoE's router, `ntkfuse.frozen`): their
         gradients are zeroed and they get no weight decay."""
         warm = min(self.warmup_steps, self.steps - 1) if self.steps > 1 else 0
         sched = optax.warmup_cosine_decay_schedule(0.0 if warm else self.lr, self.lr, max(warm, 0),
@@ -100,10 +100,8 @@ class FitConfig:
         mask = lambda p: jax.tree.map(lambda x: x.ndim >= 3, p)  # stacked (L, m, n) matrices
         if not frozen:
             return optax.adamw(sched, b1=self.b1, b2=self.b2, weight_decay=self.weight_decay, mask=mask)
-        from ..models.blocks.moe import frozen_mask
-        decay = lambda p: jax.tree.map(lambda m, f: m and not f, mask(p), frozen_mask(p))  # noqa: E731
-        return optax.chain(optax.masked(optax.set_to_zero(), frozen_mask),
-                           optax.adamw(sched, b1=self.b1, b2=self.b2, weight_decay=self.weight_decay, mask=decay))
+        from ..frozen import frozen_adamw
+        return frozen_adamw(sched, b1=self.b1, b2=self.b2, weight_decay=self.weight_decay, decay_mask=mask)
 
 
 # ---------------------------------------------------------------- stacking
@@ -132,7 +130,7 @@ class ContainerKind:
     fields (fusion's counts per expert): the holder is the container with each sub-block's
     `split_fixed` holder, `fixed` the tuple of their fixed arrays, and the forward is the
     container's own with every sub-block run through its kind's `apply_split`. The container's
-    leaves that `moe.frozen_mask` names (the router) get no gradient and no decay."""
+    leaves that `ntkfuse.frozen.frozen_mask` names (the router) get no gradient and no decay."""
     cls: Any
     sub_classes: tuple
 

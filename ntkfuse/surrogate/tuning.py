@@ -18,7 +18,7 @@ import optax
 
 from .. import validate
 from ..models import ModelConfig, check_batch, forward, get_mlp, replace_mlps
-from ..models.blocks.moe import frozen_mask
+from ..frozen import frozen_adamw
 from .collect import check_layers
 
 
@@ -54,8 +54,7 @@ def hidden_loss(cfg: ModelConfig, student: dict, teacher: dict, batch: dict, lay
 def _step(cfg: ModelConfig, layers: tuple, tc: TuneConfig):
     sched = (optax.warmup_constant_schedule(0.0, tc.lr, tc.warmup_steps) if tc.warmup_steps else tc.lr)
     # MoE routers stay as they are (no gradient, no decay): only the experts are tuned.
-    tx = optax.chain(optax.masked(optax.set_to_zero(), frozen_mask), optax.adamw(sched, weight_decay=tc.weight_decay,
-                                           mask=lambda b: jax.tree_util.tree_map(lambda f: not f, frozen_mask(b))))
+    tx = frozen_adamw(sched, weight_decay=tc.weight_decay)
 
     def loss(blocks, params, teacher, batch):
         return hidden_loss(cfg, replace_mlps(params, dict(zip(layers, blocks))), teacher, batch, layers)

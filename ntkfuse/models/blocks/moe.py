@@ -126,19 +126,4 @@ class MoEMLP(Block):
         return MoEMLP(self.router, blocks, self.top_k)
 
 
-# Leaves that do not train unless asked: an MoE block's router, so expert compression,
-# layer-wise tuning and fine-tuning leave the original routing in place (issue 13).
-FROZEN_LEAVES = ("router",)
-
-
-def frozen_mask(params, train_router: bool = False):
-    """Pytree of bools like `params`: True on MoE router leaves (none when `train_router`)."""
-    frozen = () if train_router else FROZEN_LEAVES
-
-    def name(path):
-        k = path[-1]
-        return str(getattr(k, "name", getattr(k, "key", k)))
-    return jax.tree_util.tree_map_with_path(lambda p, _: name(p) in frozen, params)
-
-
-__all__ = ["frozen_mask", "FROZEN_LEAVES", "MoEMLP", "route"]
+__all__ = ["MoEMLP", "route"]
