@@ -85,6 +85,19 @@ ATTN_PROBS, ATTN_OUT, MLP_OUT = 0, 1, 2
 EMBED, LAYERS, HEAD = 0, 1, 2
 
 
+def decoder_inputs(batch: dict) -> tuple:
+    """(ids, mask, positions) of a causal decoder's batch with HF's defaults: an all-ones
+    mask, and positions 0..T-1 whatever the padding (pad on the right)."""
+    ids = batch["input_ids"]
+    mask = batch.get("attention_mask")
+    if mask is None:
+        mask = jnp.ones_like(ids)
+    pos = batch.get("position_ids")
+    if pos is None:
+        pos = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
+    return ids, mask, pos
+
+
 def embed_rate(cfg) -> float:
     return cfg.dropout if cfg.embed_dropout is None else cfg.embed_dropout
 

@@ -8,19 +8,13 @@ from ..blocks import DenseMLP
 from ..layers import attention_bias, dropout, embed_lookup, layer_norm, self_attention
 from ..outputs import ModelOutput
 from ..stack import run_layers
-from .common import (EMBED, LAYERS, embed_rate, hf_activation, hf_linear, hf_ln, hf_num_labels,
+from .common import (EMBED, LAYERS, decoder_inputs, embed_rate, hf_activation, hf_linear, hf_ln, hf_num_labels,
                      init_layer, init_ln, normal, pre_norm_layer, pre_norm_output, site_key)
 from .registry import Family
 
 
 def forward(cfg, params: dict, batch: dict, collect: bool = False, rng=None) -> ModelOutput:
-    ids = batch["input_ids"]
-    mask = batch.get("attention_mask")
-    if mask is None:
-        mask = jnp.ones_like(ids)
-    pos = batch.get("position_ids")
-    if pos is None:  # HF's default: 0..T-1 whatever the padding (pad on the right).
-        pos = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
+    ids, mask, pos = decoder_inputs(batch)
     p = params["embed"]
     h = p["word"][ids] + embed_lookup(p["position"], pos)
     h = dropout(h, embed_rate(cfg), site_key(rng, EMBED))

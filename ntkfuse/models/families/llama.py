@@ -17,7 +17,8 @@ from ..blocks import GatedMLP
 from ..layers import attention_bias, dropout, linear
 from ..outputs import ModelOutput
 from ..stack import run_layers
-from .common import LAYERS, hf_activation, hf_num_labels, normal, pre_norm_layer, pre_norm_output, site_key
+from .common import (LAYERS, decoder_inputs, hf_activation, hf_num_labels, normal, pre_norm_layer, pre_norm_output,
+                     site_key)
 from .registry import Family, UnsupportedModelError
 
 ROPE_TYPES = ("default", "linear", "llama3")
@@ -77,13 +78,7 @@ def gqa_attention(cfg, p: dict, x, bias, cos, sin, key=None):
 
 
 def forward(cfg, params: dict, batch: dict, collect: bool = False, rng=None) -> ModelOutput:
-    ids = batch["input_ids"]
-    mask = batch.get("attention_mask")
-    if mask is None:
-        mask = jnp.ones_like(ids)
-    pos = batch.get("position_ids")
-    if pos is None:  # HF's default: 0..T-1 whatever the padding (pad on the right).
-        pos = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
+    ids, mask, pos = decoder_inputs(batch)
     h = params["embed"]["word"][ids]
     bias = attention_bias(mask, causal=True)
     if cfg.sliding_window:
