@@ -5,6 +5,7 @@ import, so it measures the peer alone) that a bench runs in a subprocess with `-
   torch_ntk.py       empirical NTK of MLP parameters with torch (per-example loop, torch.func vmap)
   sklearn_kmeans.py  scikit-learn KMeans over the sub-MLPs (neurons) of MLP blocks
   torch_finetune.py  fine-tuning step time and peak memory, full vs MLP-narrowed model
+  torch_common.py    what the two torch peers share (layer syntax, CUDA sync)
 
 The HF PyTorch forward and the PyTorch surrogate loop are in-process peers inside
 `bench_forward.py` and `bench_surrogate.py`.

@@ -21,20 +21,7 @@ import time
 from pathlib import Path
 
 import torch
-
-
-def layer_list(text: str) -> list[int]:
-    """"4-11" or "0,2,5" -> sorted layer indices."""
-    out: set[int] = set()
-    for part in filter(None, text.split(",")):
-        lo, _, hi = part.partition("-")
-        out.update(range(int(lo), int(hi or lo) + 1))
-    return sorted(out)
-
-
-def synchronize() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+from torch_common import layer_list, synchronize  # sibling module (scripts: their dir is on sys.path)
 
 
 def build(model_name: str, layers, width, seed: int):

@@ -25,20 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-
-def layer_list(text: str) -> list[int]:
-    """"4-11" or "0,2,5" -> sorted layer indices."""
-    out: set[int] = set()
-    for part in filter(None, text.split(",")):
-        lo, _, hi = part.partition("-")
-        out.update(range(int(lo), int(hi or lo) + 1))
-    return sorted(out)
-
-
-def synchronize() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+from torch_common import layer_list, synchronize  # sibling module (scripts: their dir is on sys.path)
 
 
 def build_model(args):
