@@ -54,14 +54,6 @@ def checkpoints(tmp_path_factory):
     return save_variants(tmp_path_factory, VARIANTS, _model)
 
 
-def _batch():
-    return padded_batch(50)
-
-
-def _hf(model, batch):
-    return hf_outputs(model, batch)
-
-
 @pytest.mark.parametrize("scan", [False, True], ids=["list", "scan"])
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_parity_with_hf(checkpoints, name, scan):
@@ -69,9 +61,9 @@ def test_parity_with_hf(checkpoints, name, scan):
     loaded = ntkfuse.load(d, tokenizer=False)
     cfg = loaded.cfg.replace(scan_layers=scan)
     assert cfg.family == "llama" and cfg.kv_heads == model.config.num_key_value_heads
-    batch = _batch()
+    batch = padded_batch()
     out = ntkfuse.jit_forward(cfg, loaded.params, {k: jnp.asarray(v) for k, v in batch.items()}, True)
-    logits, hs = _hf(model, batch)
+    logits, hs = hf_outputs(model, batch)
     mask = batch["attention_mask"]
     assert rel_err(out.logits, logits, mask) < TOL
     assert len(out.hidden_states) == len(hs) == cfg.num_layers + 1
@@ -105,7 +97,7 @@ def test_unsupported_rope_type_is_a_clear_error():
 def test_fusion_with_every_neuron_its_own_cluster_reproduces_the_model(checkpoints):
     loaded = ntkfuse.load(checkpoints["qwen2"][1], tokenizer=False)
     cfg, params = loaded.cfg, loaded.params
-    batch = {k: jnp.asarray(v) for k, v in _batch().items()}
+    batch = {k: jnp.asarray(v) for k, v in padded_batch().items()}
     D = cfg.intermediate
     from ntkfuse.compress import compress
     new = compress(cfg, params, "fusion", [0, 1, 2], D, jax.random.PRNGKey(0), n_init=1)
@@ -119,7 +111,7 @@ def test_fusion_with_every_neuron_its_own_cluster_reproduces_the_model(checkpoin
 def test_ntk_target_logprob_on_tiny_llama(checkpoints):
     from ntkfuse.ntk import kernels, mlp_layers, target_logprob
     loaded = ntkfuse.load(checkpoints["llama_gqa_tied"][1], tokenizer=False)
-    batch = {k: jnp.asarray(v) for k, v in _batch().items()}
+    batch = {k: jnp.asarray(v) for k, v in padded_batch().items()}
     batch["target_mask"] = batch["attention_mask"].at[:, :2].set(0)
     res = kernels(loaded.cfg, loaded.params, batch, output=target_logprob(), selector=mlp_layers([1]))
     K = np.asarray(res["ntk"])
@@ -159,7 +151,7 @@ def test_fused_llama_saves_and_restores_bit_identically(checkpoints, tmp_path):
     r = restore_compressed(tmp_path / "c")
     cfg, params = r[0], r[1]
     assert cfg == loaded.cfg and params["layers"][1]["mlp"].counts == new["layers"][1]["mlp"].counts
-    batch = {k: jnp.asarray(v) for k, v in _batch().items()}
+    batch = {k: jnp.asarray(v) for k, v in padded_batch().items()}
     np.testing.assert_array_equal(np.asarray(ntkfuse.jit_forward(cfg, params, batch).logits),
                                   np.asarray(ntkfuse.jit_forward(loaded.cfg, new, batch).logits))
 
@@ -170,7 +162,7 @@ def test_parity_would_catch_a_wrong_field(checkpoints, name, change):
     """The variants exercise their fields: dropping the window or the scaling breaks parity."""
     model, d = checkpoints[name]
     loaded = ntkfuse.load(d, tokenizer=False)
-    batch = _batch()
+    batch = padded_batch()
     out = ntkfuse.jit_forward(loaded.cfg.replace(**change), loaded.params, {k: jnp.asarray(v) for k, v in batch.items()})
-    err = rel_err(out.logits, _hf(model, batch)[0], batch["attention_mask"])
+    err = rel_err(out.logits, hf_outputs(model, batch)[0], batch["attention_mask"])
     assert err > 10 * TOL, err

@@ -50,21 +50,13 @@ def checkpoints(tmp_path_factory):
     return save_variants(tmp_path_factory, VARIANTS, _model)
 
 
-def _batch():
-    return padded_batch(50)
-
-
 def _jbatch():
-    return {k: jnp.asarray(v) for k, v in _batch().items()}
-
-
-def _hf(model, batch):
-    return hf_outputs(model, batch)
+    return {k: jnp.asarray(v) for k, v in padded_batch().items()}
 
 
 def _errors(cfg, params, model, batch):
     out = ntkfuse.jit_forward(cfg, params, {k: jnp.asarray(v) for k, v in batch.items()}, True)
-    logits, hs = _hf(model, batch)
+    logits, hs = hf_outputs(model, batch)
     mask = batch["attention_mask"]
     assert len(out.hidden_states) == len(hs) == cfg.num_layers + 1
     return [rel_err(np.asarray(out.logits, np.float32), logits, mask)] + \
@@ -90,7 +82,7 @@ def test_parity_with_hf_float32(checkpoints, name, scan):
     assert cfg.sliding_window == model.config.sliding_window
     block = loaded.params["layers"][0]["mlp"]
     assert isinstance(block, MoEMLP) and all(isinstance(e, GatedMLP) for e in block.experts)
-    errs = _errors(cfg, loaded.params, model, _batch())
+    errs = _errors(cfg, loaded.params, model, padded_batch())
     assert max(errs) < TOL, errs
 
 
@@ -99,7 +91,7 @@ def test_parity_with_hf_bfloat16(checkpoints):
     loaded = ntkfuse.load(d, dtype="bfloat16", tokenizer=False)
     assert all(x.dtype == jnp.bfloat16 for x in jax.tree_util.tree_leaves(loaded.params))
     hf16 = transformers.MixtralForCausalLM.from_pretrained(d, dtype=torch.bfloat16).eval()
-    errs = _errors(loaded.cfg, loaded.params, hf16, _batch())
+    errs = _errors(loaded.cfg, loaded.params, hf16, padded_batch())
     assert max(errs) < BF16_TOL, errs
 
 
@@ -113,7 +105,7 @@ def test_parity_would_catch_a_wrong_field(checkpoints, change):
     params = {**loaded.params, "layers": [
         dict(lp, mlp=MoEMLP(lp["mlp"].router, lp["mlp"].experts, cfg.experts_per_token))
         for lp in loaded.params["layers"]]}
-    errs = _errors(cfg, params, model, _batch())
+    errs = _errors(cfg, params, model, padded_batch())
     assert errs[0] > 100 * TOL, errs
 
 

@@ -6,18 +6,14 @@ def test_kmeans_batched_matches_one_device():
     run_on_8_devices("""
         import numpy as np
         from ntkfuse.compress import kmeans_batched
+        from tests.sharding.run import assert_same_kmeans
 
         rng = np.random.default_rng(0)
         Xs = rng.normal(size=(5, 40, 6)).astype(np.float32)   # 5 layers: padded to 8
         key = jax.random.PRNGKey(3)
         one = kmeans_batched(Xs, 7, key, n_init=3, max_iter=50, devices=None)
         many = kmeans_batched(Xs, 7, key, n_init=3, max_iter=50)
-        for a, b, name in zip(one, many, one._fields):
-            assert np.shape(a) == np.shape(b), name
-            if name in ("labels", "counts", "n_iter"):
-                np.testing.assert_array_equal(np.asarray(b), np.asarray(a), err_msg=name)
-            else:
-                np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6, err_msg=name)
+        assert_same_kmeans(one, many)
     """)
 
 
@@ -26,6 +22,7 @@ def test_kmeans_restarts_split_matches_one_device():
     print(run_on_8_devices("""
         import numpy as np
         from ntkfuse.compress import kmeans_batched
+        from tests.sharding.run import assert_same_kmeans
         from ntkfuse.compress.kmeans import _prepare, _restarts, split_restarts
 
         rng = np.random.default_rng(1)
@@ -35,12 +32,7 @@ def test_kmeans_restarts_split_matches_one_device():
             Xs = rng.normal(size=(1, 60, 6)).astype(np.float32)
             one = kmeans_batched(Xs, 7, key, n_init=n_init, max_iter=50, devices=None)
             many = kmeans_batched(Xs, 7, key, n_init=n_init, max_iter=50)
-            for a, b, name in zip(one, many, one._fields):
-                assert np.shape(a) == np.shape(b), name
-                if name in ("labels", "counts", "n_iter"):
-                    np.testing.assert_array_equal(np.asarray(b), np.asarray(a), err_msg=name)
-                else:
-                    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6, err_msg=name)
+            assert_same_kmeans(one, many)
             # the same per-restart keys: the winner is the lowest of the one-device restarts' inertias,
             # and it is not restart 0 (so the choice crossed devices)
             keys = jax.random.split(jax.random.split(key, 1)[0], n_init)
