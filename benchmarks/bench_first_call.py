@@ -147,13 +147,11 @@ def main():
     if args.small:
         args.n, args.seq, args.repeats = min(args.n, 16), min(args.seq, 16), min(args.repeats, 3)
         args.compare_n, args.compare_layers, args.compare_width, args.n_init = 16, "2-3", 32, 2
-    import jax
     result = {"benchmark": "first_call", "small": args.small, "device": harness.device(),
               "versions": harness.versions(), "targets": TARGETS,
               "settings": {"n": args.n, "seq": args.seq, "repeats": args.repeats, "variants": variants,
                            "compare": {"n_examples": args.compare_n, "layers": args.compare_layers,
                                        "width": args.compare_width, "n_init": args.n_init, "seeds": [0]}}}
-    del jax
     out = Path(args.out)
     with tempfile.TemporaryDirectory(prefix="ntkfuse-first-call-") as tmp:
         work = Path(tmp)

@@ -375,9 +375,9 @@ def _finetune_parser() -> argparse.ArgumentParser:
     a("--n-init", type=int, help=f"k-means restarts for fusion/cluster (default {d.n_init}; reference 30)")
     a("--option", action="append", metavar="METHOD.KEY=VALUE", help="a method option, repeatable")
     a("--no-generate", action="store_true", help="generation tasks: dev loss only, no greedy decoding")
-    a("--compute-dtype", help=f"float32 (default) or bfloat16 (forward and backward in bf16 from float32 master "
+    a("--compute-dtype", help="float32 (default) or bfloat16 (forward and backward in bf16 from float32 master "
                               "params; 2.5-3.4x faster than fp32 on an H100)")
-    a("--remat", help=f"rematerialisation of the training step: dots (default: keeps matmul outputs, recomputes "
+    a("--remat", help="rematerialisation of the training step: dots (default: keeps matmul outputs, recomputes "
                       "attention probabilities and elementwise ops; less memory, a few %% more time), none, layer")
     a("--out", help="output directory (default results/finetune/<model>-<task>-<config hash>)")
     a("--fresh", action="store_true", help="recompute everything, overwriting --out")
