@@ -45,10 +45,12 @@ TARGETS = {"ntk_first_call_s": 10.0, "ntk_warm_s": 0.21, "compare_s": 60.0, "cac
 WORDS = 2000        # synthetic vocabulary of the compare part: one token per word
 
 
-def _env(cache_dir: str | None = None) -> dict:
+def _env(cache_dir: str | None = None, xla_flags: str = "") -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     if cache_dir:
         env["NTKFUSE_CACHE_DIR"] = cache_dir
+    if xla_flags:
+        env["XLA_FLAGS"] = " ".join([env.get("XLA_FLAGS", ""), xla_flags]).strip()
     return env
 
 
@@ -63,7 +65,8 @@ def _run(cmd: list, env: dict, what: str) -> float:
     return wall
 
 
-def ntk_run(args, variant: str, out: Path, *, cache_dir: str | None = None, repeats: int | None = None) -> dict:
+def ntk_run(args, variant: str, out: Path, *, cache_dir: str | None = None, repeats: int | None = None,
+            xla_flags: str = "") -> dict:
     """One bench_ntk process with one variant; its variant row (+ the process wall time)."""
     cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_ntk.py"), "--variants", variant,
            "--repeats", str(repeats or args.repeats), "--n", str(args.n), "--seq", str(args.seq),
@@ -72,12 +75,12 @@ def ntk_run(args, variant: str, out: Path, *, cache_dir: str | None = None, repe
         cmd.append("--small")
     if cache_dir is None:
         cmd.append("--no-compile-cache")
-    wall = _run(cmd, _env(cache_dir), f"ntk {variant}")
+    wall = _run(cmd, _env(cache_dir, xla_flags), f"ntk {variant} {xla_flags}".strip())
     res = json.loads((out / "result.json").read_text())
     row = res["variants"][variant]
     if "skipped" in row:
         raise harness.BenchError(f"ntk {variant}: {row['skipped']}")
-    keep = ("first_call_s", "median_s", "times_s", "peak_bytes_in_use_so_far", "plan", "scan_layers",
+    keep = ("first_call_s", "first_call_phases_s", "median_s", "times_s", "peak_bytes_in_use_so_far", "plan", "scan_layers",
             "measured_over_floor")
     return {**{k: row.get(k) for k in keep}, "process_wall_s": wall, "n": res["n"], "seq": res["seq"],
             "layers": res["layers"], "n_params": res["n_params"], "floor_s": res["floor_s"], "dir": str(out)}
@@ -124,6 +127,19 @@ def compare_run(args, work: Path, scan: bool) -> dict:
     return {"wall_s": wall, "scan_layers": scan, "result": json.loads((out / "results.json").read_text())}
 
 
+def parse_flag_sets(text: str) -> dict:
+    """'a=--x=1 --y=2;b=--z=0' -> {'a': '--x=1 --y=2', 'b': '--z=0'}."""
+    sets = {}
+    for item in (t.strip() for t in text.split(";")):
+        if not item:
+            continue
+        name, sep, flags = item.partition("=")
+        if not sep or not name.strip():
+            raise harness.BenchError(f"--xla-flag-sets: {item!r} is not NAME=FLAGS")
+        sets[name.strip()] = flags.strip()
+    return sets
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -140,6 +156,10 @@ def main():
     ap.add_argument("--n-init", type=int, default=30)
     ap.add_argument("--compare-variants", default="unrolled,scan",
                     help="compare part: unrolled (the default), scan (--scan-layers)")
+    ap.add_argument("--xla-flag-sets", default="",
+                    help="ntk part: also run the headline variant once per NAME=FLAGS (';'-separated), each in "
+                         "a fresh process with FLAGS added to XLA_FLAGS, e.g. "
+                         "'notriton=--xla_gpu_enable_triton_gemm=false;al1=--xla_gpu_autotune_level=1'")
     ap.add_argument("--out", required=True, help="result JSON")
     args = ap.parse_args()
     parts = harness.check_choices("parts", [p for p in args.parts.split(",") if p], PARTS)
@@ -166,6 +186,20 @@ def main():
                 del r["dir"]
             result["ntk"] = rows
             harness.write_json(out, result, default=float)
+            flag_sets = parse_flag_sets(args.xla_flag_sets)
+            if flag_sets:
+                result["ntk_xla_flags"] = {}
+                for name, flags in flag_sets.items():
+                    try:
+                        r = ntk_run(args, variants[0], work / f"ntk_flags_{name}", xla_flags=flags)
+                        k = kernels_of(Path(r.pop("dir")), variants[0])
+                        r["rel_diff_vs_" + variants[0]] = {
+                            n: float(np.linalg.norm(k[n] - ks[variants[0]][n]) / np.linalg.norm(ks[variants[0]][n]))
+                            for n in ks[variants[0]]}
+                    except harness.BenchError as e:   # e.g. a flag this XLA does not know: record, go on
+                        r = {"failed": str(e)[-1500:]}
+                    result["ntk_xla_flags"][name] = {"xla_flags": flags, **r}
+                    harness.write_json(out, result, default=float)
         if "cache" in parts:
             cache = tempfile.mkdtemp(prefix="cache-", dir=work)
             head = variants[0]

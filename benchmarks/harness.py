@@ -79,6 +79,34 @@ def time_calls(fn: Callable[[], Any], repeats: int, *, warmup: int = 1, sync: Ca
     return Timing(first_s, times, out)
 
 
+class CompilePhases:
+    """Seconds JAX spent tracing, lowering and compiling (XLA) inside a `with` block, from
+    `jax.monitoring`'s duration events: where a first call's time goes."""
+    EVENTS = {"/jax/core/compile/jaxpr_trace_duration": "trace_s",
+              "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower_s",
+              "/jax/core/compile/backend_compile_duration": "backend_compile_s"}
+    _totals: dict = {}
+    _registered = False
+
+    def __enter__(self):
+        if not CompilePhases._registered:
+            from jax import monitoring
+
+            def listen(name, secs, **_):
+                if name in CompilePhases.EVENTS:
+                    key = CompilePhases.EVENTS[name]
+                    CompilePhases._totals[key] = CompilePhases._totals.get(key, 0.0) + secs
+            monitoring.register_event_duration_secs_listener(listen)
+            CompilePhases._registered = True
+        self._start = dict(CompilePhases._totals)
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = {v: CompilePhases._totals.get(v, 0.0) - self._start.get(v, 0.0)
+                        for v in CompilePhases.EVENTS.values()}
+        return False
+
+
 def rate(count: float, seconds: float) -> float:
     """count / seconds (e.g. tokens/s, FLOP/s); NaN when no time was measured."""
     return count / seconds if seconds and math.isfinite(seconds) and seconds > 0 else float("nan")
