@@ -115,16 +115,18 @@ def write_data(path: Path, n: int, words: int, seed: int = 0) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def compare_run(args, work: Path, scan: bool) -> dict:
-    out = work / ("compare_scan" if scan else "compare_unrolled")
+COMPARE_FLAGS = {"unrolled": [], "scan": ["--scan-layers"], "autotune": ["--autotune"]}
+
+
+def compare_run(args, work: Path, variant: str) -> dict:
+    out = work / f"compare_{variant}"
     cmd = [sys.executable, str(ROOT / "scripts" / "ntk_compare.py"), "--model", str(work / "bert"),
            "--data", str(work / "data.jsonl"), "--layers", args.compare_layers, "--width", str(args.compare_width),
            "--n-examples", str(args.compare_n), "--max-length", str(args.seq), "--n-init", str(args.n_init),
            "--seeds", "0", "--task-examples", "0", "--no-compile-cache", "--fresh", "--no-progress",
            "--out", str(out)]
-    cmd.append("--scan-layers" if scan else "--no-scan-layers")
-    wall = _run(cmd, _env(), f"compare {'scan' if scan else 'unrolled'}")
-    return {"wall_s": wall, "scan_layers": scan, "result": json.loads((out / "results.json").read_text())}
+    wall = _run(cmd + COMPARE_FLAGS[variant], _env(), f"compare {variant}")
+    return {"wall_s": wall, "result": json.loads((out / "results.json").read_text())}
 
 
 def parse_flag_sets(text: str) -> dict:
@@ -145,7 +147,7 @@ def main():
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     harness.add_small(ap, "CPU-sized shapes (tiny models, N=16)")
     ap.add_argument("--parts", default=",".join(PARTS), help=f"comma list of {', '.join(PARTS)}")
-    ap.add_argument("--variants", default="full-unrolled,full-scan",
+    ap.add_argument("--variants", default="full-unrolled,full-autotune",
                     help="bench_ntk variants of the ntk part (the first one is the headline)")
     ap.add_argument("--n", type=int, default=128)
     ap.add_argument("--seq", type=int, default=128)
@@ -154,8 +156,9 @@ def main():
     ap.add_argument("--compare-layers", default="4-11")
     ap.add_argument("--compare-width", type=int, default=768)
     ap.add_argument("--n-init", type=int, default=30)
-    ap.add_argument("--compare-variants", default="unrolled,scan",
-                    help="compare part: unrolled (the default), scan (--scan-layers)")
+    ap.add_argument("--compare-variants", default="unrolled",
+                    help="compare part: comma list of unrolled (the default), scan (--scan-layers), autotune "
+                         "(--autotune)")
     ap.add_argument("--xla-flag-sets", default="",
                     help="ntk part: also run the headline variant once per NAME=FLAGS (';'-separated), each in "
                          "a fresh process with FLAGS added to XLA_FLAGS, e.g. "
@@ -214,11 +217,11 @@ def main():
             write_checkpoint(work / "bert", args.small)
             write_data(work / "data.jsonl", args.compare_n, args.seq + 8)
             result["compare"] = {}
-            for scan in [v == "scan" for v in harness.check_choices(
-                    "compare variants", [v for v in args.compare_variants.split(",") if v], ("unrolled", "scan"))]:
-                r = compare_run(args, work, scan)
+            for variant in harness.check_choices(
+                    "compare variants", [v for v in args.compare_variants.split(",") if v], tuple(COMPARE_FLAGS)):
+                r = compare_run(args, work, variant)
                 res = r["result"]
-                result["compare"]["scan" if scan else "unrolled"] = {
+                result["compare"][variant] = {
                     "process_wall_s": r["wall_s"], "run_wall_s": res.get("wall_s"),
                     "reference_s": res["reference"]["time_s"],
                     "rows": [{k: row.get(k) for k in ("method", "seed", "compress_s", "kernel_s", "time_s",

@@ -319,6 +319,7 @@ VARIANTS = {
     # name: kernels() options (+ "matmul": jax_default_matmul_precision for the whole computation)
     "full": dict(strategy="full"),
     "full-unrolled": dict(strategy="full", scan_layers=False),   # the layer stack unrolled (the default)
+    "full-autotune": dict(strategy="full", autotune=True),       # XLA's autotuned Triton GEMMs (ntkfuse.compile)
     "full-scan": dict(strategy="full", scan_layers=True),        # lax.scan over runs of identical layers
     "full-chunk-n": dict(strategy="full", chunk=-1),            # -1: one chunk of all N
     "full-gram-bf16x3": dict(strategy="full", gram_precision="bf16x3"),

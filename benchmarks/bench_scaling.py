@@ -45,6 +45,12 @@ def peak_per_device() -> list:
     return out
 
 
+def runs(n_dev: int) -> tuple:
+    """(name, devices) pairs: one device, and all of them when there are several (with one
+    device visible the run is the one-device baseline only)."""
+    return (("one", 1),) + ((("all", n_dev),) if n_dev > 1 else ())
+
+
 def ntk_rows(args, n: int) -> dict:
     import jax
     import ntkfuse
@@ -62,20 +68,22 @@ def ntk_rows(args, n: int) -> dict:
     opts = dict(output=ntk.class_prob(0), selector=ntk.mlp_layers(layers), kinds=("ntk", "sign"))
     rows, ks = {}, {}
     n_dev = len(jax.local_devices())
-    for name, devices in (("one", 1), ("all", n_dev)):
+    for name, devices in runs(n_dev):
         t = harness.time_calls(lambda: ntk.kernels(cfg, params, batch, devices=devices, **opts), args.repeats,
                                first=lambda: ntk.kernels(cfg, params, batch, devices=devices, return_plan=True,
                                                          **opts))
         K, plan = t.out
         ks[name] = {k: np.asarray(v, np.float64) for k, v in K.items()}
-        rows[name] = {"devices": devices, "strategy": plan.strategy, "chunk": plan.chunk,
+        rows[name] = {"devices": devices, "strategy": plan.strategy, "chunk": plan.chunk, "d_chunks": list(plan.d_chunks),
+                      "g_bytes": plan.g_bytes, "budget_bytes": plan.budget,
                       "first_call_s": t.first_s, "median_s": t.median_s, "times_s": t.times,
                       "peak_bytes_per_device_so_far": peak_per_device()}
         del K
-    rows["speedup"] = rows["one"]["median_s"] / rows["all"]["median_s"]
-    rows["scaling_efficiency"] = rows["speedup"] / n_dev
-    rows["rel_diff"] = {k: float(np.linalg.norm(ks["all"][k] - ks["one"][k]) / np.linalg.norm(ks["one"][k]))
-                        for k in ks["one"]}
+    if "all" in rows:
+        rows["speedup"] = rows["one"]["median_s"] / rows["all"]["median_s"]
+        rows["scaling_efficiency"] = rows["speedup"] / n_dev
+        rows["rel_diff"] = {k: float(np.linalg.norm(ks["all"][k] - ks["one"][k]) / np.linalg.norm(ks["one"][k]))
+                            for k in ks["one"]}
     rows["target_speedup"] = TARGETS.get(n_dev)
     return rows
 
@@ -89,14 +97,15 @@ def kmeans_rows(args) -> dict:
     key = jax.random.PRNGKey(args.seed)
     out, res = {}, {}
     n_init = 4 if args.small else args.n_init
-    for name, devices in (("one", 1), ("all", len(jax.local_devices()))):
+    for name, devices in runs(len(jax.local_devices())):
         t = harness.time_calls(lambda: kmeans_batched(Xs, k, key, n_init=n_init, devices=devices), args.repeats)
         res[name] = t.out
         out[name] = {"devices": devices, "first_call_s": t.first_s, "median_s": t.median_s, "times_s": t.times}
-    out["speedup"] = out["one"]["median_s"] / out["all"]["median_s"]
-    out["same_labels"] = bool(np.array_equal(np.asarray(res["one"].labels), np.asarray(res["all"].labels)))
-    out["inertia_rel_diff"] = float(np.max(np.abs(np.asarray(res["all"].inertia) - np.asarray(res["one"].inertia))
-                                           / np.abs(np.asarray(res["one"].inertia))))
+    if "all" in out:
+        out["speedup"] = out["one"]["median_s"] / out["all"]["median_s"]
+        out["same_labels"] = bool(np.array_equal(np.asarray(res["one"].labels), np.asarray(res["all"].labels)))
+        out["inertia_rel_diff"] = float(np.max(np.abs(np.asarray(res["all"].inertia) - np.asarray(res["one"].inertia))
+                                               / np.abs(np.asarray(res["one"].inertia))))
     out["shape"] = {"layers": layers, "neurons": D, "length": 2 * d + 1, "k": k, "n_init": n_init}
     return out
 
@@ -132,11 +141,12 @@ def main():
         for n in ns:
             result["ntk"][str(n)] = ntk_rows(args, n)
             print(f"ntk N={n}:", {k: v for k, v in result["ntk"][str(n)].items() if k in
-                                  ("speedup", "scaling_efficiency", "rel_diff")}, flush=True)
+                                  ("one", "speedup", "scaling_efficiency", "rel_diff")}, flush=True)
             harness.write_json(args.out, result, default=float)
     if "kmeans" in parts:
         result["kmeans"] = kmeans_rows(args)
-        print("kmeans:", {k: result["kmeans"][k] for k in ("speedup", "same_labels", "inertia_rel_diff")}, flush=True)
+        print("kmeans:", {k: result["kmeans"].get(k) for k in ("one", "speedup", "same_labels", "inertia_rel_diff")},
+              flush=True)
     result["wall_s"] = time.perf_counter() - t0
     harness.write_json(args.out, result, default=float)
     print("wrote", args.out)

@@ -91,6 +91,10 @@ def _parser() -> argparse.ArgumentParser:
     a("--scan-layers", action=argparse.BooleanOptionalAction, default=None,
       help="kernels run the layer stack as lax.scan over runs of identical layers (default off: same kernels; "
            "on an H100 it compiled 6%% faster but ran 27%% slower with 63%% more memory)")
+    a("--autotune", action=argparse.BooleanOptionalAction, default=None,
+      help="compile the kernels, output errors, k-means and mmd fit with XLA's autotuned Triton GEMMs (default "
+           "off: on an H100 the NTK's first call took 67 s with them and 9.6 s without, the warm call 12%% longer "
+           "without)")
     a("--out", help="output directory (default results/ntk_compare/<model>-<config hash>)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--resume", action="store_true",
@@ -103,7 +107,7 @@ def _parser() -> argparse.ArgumentParser:
 
 _FLAG_FIELDS = ("model", "methods", "layers", "width", "ntk_params", "kernel", "n_examples", "max_length", "data",
                 "seeds", "output", "class_index", "reduction", "n_init", "reference_protocol", "chunk", "per_layer",
-                "task_examples", "task_folds", "scan_layers")
+                "task_examples", "task_folds", "scan_layers", "autotune")
 
 
 def load_recipe(path: str) -> dict:

@@ -36,7 +36,6 @@ is a gather + min, no matmul); otherwise candidate distances are small matmuls.
 from __future__ import annotations
 
 import math
-from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -45,6 +44,7 @@ from jax import lax
 from jax.sharding import PartitionSpec
 
 from .. import sharding
+from ..compile import oneshot_jit
 
 Array = jax.Array
 _HI = lax.Precision.HIGHEST
@@ -186,10 +186,10 @@ def _kmeans_one(X, key, tol, k, n_init, max_iter):
     return _best(mean, *_restarts(Xc, sq, P, tol_abs, keys, k, max_iter))
 
 
-_kmeans_layer = jax.jit(_kmeans_one, static_argnums=(3, 4, 5))
+_kmeans_layer = oneshot_jit(_kmeans_one, static_argnums=(3, 4, 5))
 
 
-@partial(jax.jit, static_argnums=(3, 4, 5))
+@oneshot_jit(static_argnums=(3, 4, 5))
 def _kmeans_batched(Xs, keys, tol, k, n_init, max_iter):
     return jax.vmap(lambda X, kk: _kmeans_one(X, kk, tol, k, n_init, max_iter))(Xs, keys)
 
@@ -212,7 +212,7 @@ def kmeans(X, k: int, key, n_init: int = 30, max_iter: int = 300, tol: float = 1
     return _kmeans_layer(jnp.asarray(X), key, jnp.float32(tol), int(k), int(n_init), int(max_iter))
 
 
-@partial(jax.jit, static_argnames=("mesh", "k", "n_init", "max_iter"))
+@oneshot_jit(static_argnames=("mesh", "k", "n_init", "max_iter"))
 def _kmeans_batched_restarts(Xs, keys, tol, *, mesh, k, n_init, max_iter):
     """`_kmeans_batched` with the RESTART axis split across `mesh` (Xs and keys replicated): every
     device prepares all layers (centring, pairwise distances) and runs its share of each layer's

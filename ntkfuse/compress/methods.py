@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from functools import partial
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..compile import oneshot_jit
 from ..models import replace_mlps
 from ..models.blocks import DenseMLP, activation_fn
 from ..validate import check_layers, check_options, check_width, keyword_defaults
@@ -257,7 +257,7 @@ def _mmd_particle_terms(P, Z, zz_offdiag_sum):
     return jnp.mean(_mmd_kernel_sum(d_pp, h)) - 2.0 * jnp.mean(_mmd_kernel_sum(d_pz, h))
 
 
-@partial(jax.jit, static_argnums=(2, 3, 4))
+@oneshot_jit(static_argnums=(2, 3, 4))
 def _mmd_fit(P, Z, steps, lr, weight_decay):
     """AdamW on `mmd2(P, Z)` for `steps` steps (METHOD.md §2); returns the particles.
     Uses `_mmd_particle_terms` (identical gradient, no per-step data-data block)."""

@@ -88,6 +88,8 @@ class CompareConfig:
     task_folds: int = DEFAULT_TASK_FOLDS     # cross-validation folds of kernel classification
     chunk: Optional[int] = None              # examples per Jacobian chunk (memory only; not in the hash)
     scan_layers: bool = False                # kernels scan the layer stack (speed/memory only; not in the hash)
+    autotune: bool = False                   # XLA's autotuned GEMMs in the one-shot programs (`ntkfuse.compile`;
+                                             # speed only, not in the hash)
 
     def replace(self, **kw) -> "CompareConfig":
         return dataclasses.replace(self, **kw)
@@ -352,7 +354,7 @@ def cv_accuracy(K, labels, n_folds: int, num_classes: int, ridge: float = TASK_R
 
 def config_hash(plan: Plan) -> str:
     """Hash of everything that determines the reference kernel and every method's inputs
-    (not the method list, not method options, not chunk or scan_layers); see `method_hash`."""
+    (not the method list, not method options, not chunk, scan_layers or autotune); see `method_hash`."""
     c = plan.config
     key = {"version": __version__, "model": c.model, "model_config": plan.cfg.to_dict(), "layers": plan.layers,
            "width": plan.width, "ntk_params": c.ntk_params, "kernel": sorted(parse_list(c.kernel)),
@@ -554,6 +556,12 @@ def run(plan: Plan, out_dir: Optional[Path] = None, *, progress: bool = True, fr
     """Run every (method, seed) of `plan` (reusing finished ones from `out_dir`); returns the
     result dict that `write_reports` writes: per-seed rows under "results", mean ± std per
     method under "summary". `out_dir=None` keeps everything in memory."""
+    from ..compile import autotune
+    with autotune(plan.config.autotune):
+        return _run(plan, out_dir, progress=progress, fresh=fresh, log=log)
+
+
+def _run(plan: Plan, out_dir: Optional[Path], *, progress: bool, fresh: bool, log: Callable[[str], None]) -> dict:
     from tqdm.auto import tqdm
     store = open_out_dir(plan, Path(out_dir), fresh) if out_dir is not None else None
     out_dir = store.root if store is not None else None

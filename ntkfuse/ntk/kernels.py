@@ -39,7 +39,6 @@ scale the forward, so the fused model's kernel uses its own compressed params.
 from __future__ import annotations
 
 import dataclasses
-from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -47,6 +46,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from .. import sharding
+from ..compile import autotune as _autotune_ctx, oneshot_jit
 from ..dtypes import as_dtype
 from ..models import check_batch
 from ..models.blocks import Probed, Probes, activation_fn
@@ -154,7 +154,7 @@ def _grads_tree(cfg, output, sel, rest, batch, chunk):
     return _chunked_map(lambda b: g1(sel, b), batch, n, chunk)
 
 
-@partial(jax.jit, static_argnames=("cfg", "output", "chunk", "dtype"))
+@oneshot_jit(static_argnames=("cfg", "output", "chunk", "dtype"))
 def _grads_jit(sel, rest, batch, *, cfg, output, chunk, dtype):
     return _grads_tree(cfg, output, _cast(sel, dtype), _cast(rest, dtype), batch, chunk)
 
@@ -247,7 +247,7 @@ def _gram_add(acc, a_list, b_list, kinds, gram="highest", impl="split"):
     return acc
 
 
-@partial(jax.jit, static_argnames=("cfg", "output", "kinds", "chunk", "dtype", "gram", "impl"))
+@oneshot_jit(static_argnames=("cfg", "output", "kinds", "chunk", "dtype", "gram", "impl"))
 def _kernels_explicit(sel, rest, batch, batch2, *, cfg, output, kinds, chunk, dtype, gram, impl):
     sel, rest = _cast(sel, dtype), _cast(rest, dtype)
     n1 = batch["input_ids"].shape[0]
@@ -261,7 +261,7 @@ def _kernels_explicit(sel, rest, batch, batch2, *, cfg, output, kinds, chunk, dt
     return _gram_add(acc, a, b, kinds, gram, impl)
 
 
-@partial(jax.jit, static_argnames=("mesh", "cfg", "output", "kinds", "chunk", "dtype", "gram", "impl"))
+@oneshot_jit(static_argnames=("mesh", "cfg", "output", "kinds", "chunk", "dtype", "gram", "impl"))
 def _kernels_explicit_mesh(sel, rest, batch, batch2, *, mesh, cfg, output, kinds, chunk, dtype, gram, impl):
     """`_kernels_explicit` with the examples split across `mesh` (batches already padded and placed
     row-sharded): each device forms the per-example gradients of its examples (`shard_map`, the
@@ -330,7 +330,7 @@ def _token_factors(cfg, output, params, batch, layers):
 # --------------------------------------------------------------------------- per-layer (compile once)
 
 
-@partial(jax.jit, static_argnames=("cfg", "output", "layers", "chunk", "dtype"))
+@oneshot_jit(static_argnames=("cfg", "output", "layers", "chunk", "dtype"))
 def _layer_inputs(params, batch, *, cfg, output, layers, chunk, dtype):
     """(u1, δ2) of every selected MLP for all N examples, `chunk` examples per forward/backward."""
     params = _cast(params, dtype)
@@ -365,7 +365,7 @@ def _layer_parts(block, u1, d2, c, dc, names, act):
     return out
 
 
-@partial(jax.jit, static_argnames=("names", "kinds", "activation", "d_chunks", "gram", "impl"))
+@oneshot_jit(static_argnames=("names", "kinds", "activation", "d_chunks", "gram", "impl"))
 def _layer_gram(block, fa, fb, *, names, kinds, activation, d_chunks, gram, impl):
     """Σ over this layer's selected leaves of G_a op(G_b)ᵀ, G formed D-chunk by D-chunk from (u1, δ2).
     Its arguments have the same shapes for every layer of a model, so one executable serves them all."""
@@ -387,7 +387,7 @@ def _layer_gram(block, fa, fb, *, names, kinds, activation, d_chunks, gram, impl
     return acc
 
 
-@partial(jax.jit, static_argnames=("mesh", "cfg", "output", "layers", "chunk", "dtype"))
+@oneshot_jit(static_argnames=("mesh", "cfg", "output", "layers", "chunk", "dtype"))
 def _layer_inputs_mesh(params, batch, *, mesh, cfg, output, layers, chunk, dtype):
     """`_layer_inputs` with the examples split across `mesh` (batch padded and placed row-sharded,
     params replicated): (u1, δ2) are per-example, so each device runs the same chunked forward +
@@ -402,7 +402,7 @@ def _layer_inputs_mesh(params, batch, *, mesh, cfg, output, layers, chunk, dtype
     return jax.shard_map(local, mesh=mesh, in_specs=(P(), rows), out_specs=rows, check_vma=False)(params, batch)
 
 
-@partial(jax.jit, static_argnames=("mesh", "names", "kinds", "activation", "d_chunks", "gram", "impl"))
+@oneshot_jit(static_argnames=("mesh", "names", "kinds", "activation", "d_chunks", "gram", "impl"))
 def _layer_gram_mesh(block, fa, fb, *, mesh, names, kinds, activation, d_chunks, gram, impl):
     """`_layer_gram` with the factors row-sharded over `mesh` (rows padded to a multiple of its size).
     Per D-chunk, each device forms the gradient columns of its own examples (`shard_map`), and the
@@ -467,7 +467,7 @@ def _pair_gram(da, ua, db, ub, rows):
     return _chunked_map(f, (da, ua), n, rows) if rows < n else f((da, ua))
 
 
-@partial(jax.jit, static_argnames=("cfg", "output", "spec", "rows", "dtype"))
+@oneshot_jit(static_argnames=("cfg", "output", "spec", "rows", "dtype"))
 def _kernels_tokens(params, batch, batch2, *, cfg, output, spec, rows, dtype):
     params = _cast(params, dtype)
     layers = tuple(l for l, _ in spec)
@@ -656,7 +656,7 @@ def plan_kernels(cfg, params, batch, *, selector=None, kinds=("ntk", "sign"), ba
 def kernels(cfg, params, batch, *, output=None, selector=None, kinds=("ntk", "sign"), batch2=None,
             chunk=None, param_block=None, compute_dtype=None, strategy="auto",
             memory_budget_bytes=None, gram_precision="highest", gram_impl="auto", return_plan=False,
-            devices="auto", scan_layers=False):
+            devices="auto", scan_layers=False, autotune=None):
     """Empirical NTKs {kind: (N1, N2) float32} of scalar `output` w.r.t. the `selector`'s params.
 
     output: default `class_prob(0)`; selector: default `all_mlps()`; kinds ⊆ KINDS;
@@ -679,8 +679,20 @@ def kernels(cfg, params, batch, *, output=None, selector=None, kinds=("ntk", "si
     layers form their own runs; same kernels within float32 round-off). Off by default: on an
     H100 at roberta-base shape it saved 6% of the first call (compilation is mostly XLA's
     autotuning, not the layer count) and cost 27% warm time and 63% more memory
-    (docs/bench/first_call_h100.json).
+    (docs/bench/first_call_h100.json);
+    autotune: compile with XLA's autotuned Triton GEMMs (`ntkfuse.compile`): None follows
+    `ntkfuse.compile.autotune(...)`, which is off by default: a 7x faster first call on an H100
+    for a warm call about 12% slower.
     """
+    with _autotune_ctx(autotune):
+        return _kernels(cfg, params, batch, output=output, selector=selector, kinds=kinds, batch2=batch2,
+                        chunk=chunk, param_block=param_block, compute_dtype=compute_dtype, strategy=strategy,
+                        memory_budget_bytes=memory_budget_bytes, gram_precision=gram_precision,
+                        gram_impl=gram_impl, return_plan=return_plan, devices=devices, scan_layers=scan_layers)
+
+
+def _kernels(cfg, params, batch, *, output, selector, kinds, batch2, chunk, param_block, compute_dtype, strategy,
+             memory_budget_bytes, gram_precision, gram_impl, return_plan, devices, scan_layers):
     cfg = _engine_cfg(cfg, scan_layers)
     mesh = sharding.make_mesh(devices)
     output = class_prob(0) if output is None else output
@@ -734,8 +746,9 @@ def kernels(cfg, params, batch, *, output=None, selector=None, kinds=("ntk", "si
 
 
 def per_example_grads(cfg, params, batch, *, output=None, selector=None, chunk=None, compute_dtype=None,
-                      scan_layers=False):
-    """Per-example gradients: the selected sub-pytree (None elsewhere) with leaves (N, *shape)."""
+                      scan_layers=False, autotune=None):
+    """Per-example gradients: the selected sub-pytree (None elsewhere) with leaves (N, *shape).
+    `autotune` as for `kernels`."""
     cfg = _engine_cfg(cfg, scan_layers)
     output = class_prob(0) if output is None else output
     selector = all_mlps() if selector is None else selector
@@ -745,7 +758,8 @@ def per_example_grads(cfg, params, batch, *, output=None, selector=None, chunk=N
     b = _prepare(cfg, batch, output)
     n = b["input_ids"].shape[0]
     s, r = selector.split(params)
-    return _grads_jit(s, r, b, cfg=cfg, output=output, chunk=int(chunk or n), dtype=_dtype(compute_dtype))
+    with _autotune_ctx(autotune):
+        return _grads_jit(s, r, b, cfg=cfg, output=output, chunk=int(chunk or n), dtype=_dtype(compute_dtype))
 
 
 def flatten_grads(grads) -> jax.Array:

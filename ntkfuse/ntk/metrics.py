@@ -1,13 +1,13 @@
 """Approximation errors of a compressed model against the original (METHOD.md §3)."""
 from __future__ import annotations
 
-from functools import partial
 from typing import Iterable, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..compile import oneshot_jit
 from ..models import forward
 
 
@@ -38,7 +38,7 @@ def changed_layers(params_ref, params_new) -> list[int]:
     return out
 
 
-@partial(jax.jit, static_argnames=("cfg", "layer"))
+@oneshot_jit(static_argnames=("cfg", "layer"))
 def _outputs(cfg, params, batch, layer):
     """(hidden_states[layer], logits) of one batch. Jitted per model structure on its own, so
     comparing many compressed models against one reference compiles the reference once."""
@@ -46,7 +46,7 @@ def _outputs(cfg, params, batch, layer):
     return o.hidden_states[layer], o.logits
 
 
-@jax.jit
+@oneshot_jit
 def _sums(h_ref, logits_ref, h_new, logits_new, mask):
     mask = mask.astype(jnp.float32)
     dist = jnp.linalg.norm((h_new - h_ref).astype(jnp.float32), axis=-1)
