@@ -3,7 +3,9 @@
 In order of preference: `model.safetensors`, sharded safetensors
 (`model.safetensors.index.json`), HF Flax `flax_model.msgpack`, and `pytorch_model.bin`
 (sharded too; only when torch is installed). ntkfuse parses safetensors and msgpack
-itself, so neither torch nor flax is needed at run time. A damaged file is a
+itself, so neither torch nor flax is needed at run time. Safetensors are indexed, not read:
+the loader reads one tensor at a time (`LazyTensor`), so a checkpoint larger than the free
+memory beside its params loads. A damaged file is a
 `CheckpointError` naming the file and what is wrong.
 """
 from __future__ import annotations
@@ -22,8 +24,62 @@ _ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": m
               "BOOL": np.bool_}
 
 
-def read_safetensors(path: Path, keep: Callable[[str], bool] = lambda k: True) -> dict[str, np.ndarray]:
-    """Parse a .safetensors file (8-byte header size, JSON header, raw little-endian data)."""
+ALIGN = 64   # bytes: XLA's CPU client adopts a host array this aligned instead of copying it
+
+
+def aligned_empty(shape, dtype) -> np.ndarray:
+    """An uninitialised array whose data starts on an `ALIGN`-byte boundary, so that
+    `jax.device_put` of it on CPU takes the buffer as is (no second copy)."""
+    dtype = np.dtype(dtype)
+    n = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+    buf = np.empty(n + ALIGN, np.uint8)
+    start = -buf.ctypes.data % ALIGN
+    return buf[start:start + n].view(dtype).reshape(shape)
+
+
+class LazyTensor:
+    """One tensor of a safetensors file, read only when asked (`read()` or `np.asarray`).
+
+    The loader streams a checkpoint through these: each tensor's bytes are read into a
+    fresh array with plain file reads (no memory map, so the file's pages never count in
+    the process's memory), converted and placed, and dropped before the next is read.
+    `shape`, `dtype` and `ndim` come from the header, so names and shapes can be checked
+    without reading any data."""
+
+    __slots__ = ("path", "start", "shape", "dtype")
+
+    def __init__(self, path: Path, start: int, shape: tuple, dtype):
+        self.path, self.start, self.shape, self.dtype = path, start, tuple(shape), np.dtype(dtype)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.dtype.itemsize * int(np.prod(self.shape, dtype=np.int64))
+
+    def read(self) -> np.ndarray:
+        out = aligned_empty(self.shape, self.dtype)
+        with open(self.path, "rb") as f:
+            f.seek(self.start)
+            got = f.readinto(out.reshape(-1).view(np.uint8)) if out.size else 0
+        if got != self.nbytes:
+            raise CheckpointError(f"{self.path}: truncated safetensors file: {got} of {self.nbytes} bytes "
+                                  f"of a tensor at offset {self.start}")
+        return out
+
+    def __array__(self, dtype=None, copy=None):
+        a = self.read()
+        return a if dtype is None else a.astype(dtype)
+
+    def __repr__(self):
+        return f"LazyTensor({self.path.name}@{self.start}, shape={self.shape}, dtype={self.dtype})"
+
+
+def index_safetensors(path: Path, keep: Callable[[str], bool] = lambda k: True) -> dict[str, LazyTensor]:
+    """Every tensor of a .safetensors file (8-byte header size, JSON header, raw little-endian
+    data) as a `LazyTensor`: the header is parsed and checked, no data is read."""
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(8)
@@ -41,7 +97,6 @@ def read_safetensors(path: Path, keep: Callable[[str], bool] = lambda k: True) -
     if 8 + n + end > size:
         raise CheckpointError(f"{path}: truncated safetensors file: the header promises {8 + n + end} bytes, "
                               f"the file has {size}")
-    buf = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n, shape=(end,)) if end else np.zeros(0, np.uint8)
     out = {}
     for key, v in header.items():
         if not keep(key):
@@ -52,8 +107,13 @@ def read_safetensors(path: Path, keep: Callable[[str], bool] = lambda k: True) -
         dt = np.dtype(_ST_DTYPES[v["dtype"]])
         if (b - a) != dt.itemsize * int(np.prod(v["shape"], dtype=np.int64)):
             raise CheckpointError(f"{path}: tensor {key} has {b - a} bytes for shape {v['shape']}")
-        out[key] = np.asarray(buf[a:b]).view(dt).reshape(v["shape"])
+        out[key] = LazyTensor(path, 8 + n + a, v["shape"], dt)
     return out
+
+
+def read_safetensors(path: Path, keep: Callable[[str], bool] = lambda k: True) -> dict[str, np.ndarray]:
+    """Every tensor of a .safetensors file, read into memory (`index_safetensors` reads none)."""
+    return {k: t.read() for k, t in index_safetensors(path, keep).items()}
 
 
 def _msgpack_ext(code, data):
@@ -144,8 +204,8 @@ def _read_sharded(index: Path, reader) -> dict[str, np.ndarray]:
 
 # Weight files in order of preference, with their readers.
 _READERS = (
-    ("model.safetensors", read_safetensors),
-    ("model.safetensors.index.json", lambda p: _read_sharded(p, read_safetensors)),
+    ("model.safetensors", index_safetensors),
+    ("model.safetensors.index.json", lambda p: _read_sharded(p, index_safetensors)),
     ("flax_model.msgpack", read_flax_msgpack),
     ("pytorch_model.bin", read_torch_bin),
     ("pytorch_model.bin.index.json", lambda p: _read_sharded(p, read_torch_bin)),
@@ -153,8 +213,10 @@ _READERS = (
 WEIGHT_FILES = tuple(name for name, _ in _READERS)
 
 
-def read_weights(directory: Path) -> tuple[dict[str, np.ndarray], Path]:
-    """All tensors of a checkpoint directory by PyTorch name, and the file they came from."""
+def read_weights(directory: Path) -> tuple[dict, Path]:
+    """All tensors of a checkpoint directory by PyTorch name, and the file they came from.
+    Safetensors tensors are `LazyTensor`s (nothing read yet; `np.asarray` reads one), the
+    other formats' arrays are in memory (their files are parsed whole)."""
     d = Path(directory)
     for fname, reader in _READERS:
         p = d / fname

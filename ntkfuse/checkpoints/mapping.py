@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -23,22 +24,38 @@ def canonical(tensors: dict[str, np.ndarray], prefixes: tuple) -> dict[str, np.n
     return out
 
 
-class Taker:
-    """Pops named tensors, checking shapes and collecting every problem before failing."""
+def _placeholder(shape) -> np.ndarray:
+    """A zero array of `shape` that takes no memory (one element, broadcast): what a dry run or
+    a missing / mis-shaped weight gives the family's map, whatever the tensor's size."""
+    return np.broadcast_to(np.zeros((), np.float32), tuple(shape))
 
-    def __init__(self, tensors, source):
-        self.t, self.source, self.missing, self.bad = tensors, source, [], []
+
+class Taker:
+    """Reads named tensors for a family's weight map, checking shapes and collecting every
+    problem before failing.
+
+    `place(name, host_array) -> array` receives each tensor as soon as it is read (after the
+    transpose) and returns what goes into the params (e.g. cast and put on the device), so a
+    caller can drop the host copy before the next tensor is read. `place=None` is a dry run:
+    names and shapes are checked from the tensors' `shape` alone (a `LazyTensor` is not read)
+    and every take returns a placeholder."""
+
+    def __init__(self, tensors, source, place: Optional[Callable] = lambda name, a: a):
+        self.t, self.source, self.place, self.missing, self.bad = tensors, source, place, [], []
 
     def __call__(self, name, shape, transpose=False):
         if name not in self.t:
             self.missing.append(name)
-            return np.zeros(shape, np.float32)
+            return _placeholder(shape)
         a = self.t[name]
-        a = a.T if transpose else a
-        if tuple(a.shape) != tuple(shape):
-            self.bad.append(f"{name}: {tuple(a.shape)} (expected {tuple(shape)})")
-            return np.zeros(shape, np.float32)
-        return a
+        have = tuple(a.shape)[::-1] if transpose else tuple(a.shape)
+        if have != tuple(shape):
+            self.bad.append(f"{name}: {have} (expected {tuple(shape)})")
+            return _placeholder(shape)
+        if self.place is None:
+            return _placeholder(shape)
+        a = np.asarray(a)
+        return self.place(name, a.T if transpose else a)
 
     def check(self):
         msgs = []

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from ..blocks import GatedMLP, MoEMLP
 from . import llama
@@ -43,7 +42,7 @@ def moe_from_hf(cfg, tensors, take, pre):
         gate_up = take(f"{pre}.mlp.experts.gate_up_proj", (E, 2 * D, d))
         down = take(f"{pre}.mlp.experts.down_proj", (E, d, D))
         router = take(f"{pre}.mlp.gate.weight", (E, d))
-        experts = tuple(GatedMLP(np.asarray(gate_up[e, :D]), np.asarray(gate_up[e, D:]), np.asarray(down[e]))
+        experts = tuple(GatedMLP(gate_up[e, :D], gate_up[e, D:], down[e])
                         for e in range(E))
     else:
         m = f"{pre}.block_sparse_moe"
