@@ -61,6 +61,8 @@ def oneshot_jit(fun: Optional[Callable] = None, **jit_kwargs):
         return (tuned if _AUTOTUNE.get() else fast)(*args, **kwargs)
 
     call.tuned, call.fast = tuned, fast
+    call.lower = lambda *a, **k: (tuned if _AUTOTUNE.get() else fast).lower(*a, **k)
+    call._cache_size = lambda: tuned._cache_size() + fast._cache_size()   # as jax.jit's (used by tests)
     return call
 
 

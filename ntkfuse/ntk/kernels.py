@@ -624,10 +624,19 @@ def plan_kernels(cfg, params, batch, *, selector=None, kinds=("ntk", "sign"), ba
         blocks = (tuple(paths),)
     elif strategy == "layers":
         blocks = tuple(tuple(p for p in paths if p[1] == l) for l, _ in spec)
+        # The factors (u1, δ2) of every selected layer stay resident; what is left of the budget
+        # goes a quarter to the chunked forward/backward and half to one D-chunk's gradient columns.
         factor_bytes = nn * max(t1, t2) * 2 * cfg.hidden * itemsize * len(spec)
+        free = budget - factor_bytes
+        if free <= 0:
+            raise NTKConfigError(
+                f"strategy 'layers' keeps every selected layer's factors (u1, δ2) resident: "
+                f"{factor_bytes / 2**30:.1f} GiB for {nn} examples × {max(t1, t2)} tokens × {len(spec)} layers, "
+                f"over the memory budget of {budget / 2**30:.1f} GiB; select fewer layers or examples, use "
+                f"compute_dtype='bfloat16', or raise memory_budget_bytes")
         if not fixed_chunk:
-            chunk = balanced_chunk(nmax, max(budget // 4 - factor_bytes, 0) // max(act, 1))
-        room = max(budget // 2 - factor_bytes, 0)
+            chunk = balanced_chunk(nmax, (free // 4) // max(act, 1))
+        room = free // 2
         # per hidden unit: a row of W1, its bias, a column of W2, for both sets; G part + pieces + sign
         mult = 1 + (3 * 2 / itemsize if gram_precision != "highest" else 0) + 1
         per_col = int(nn * (2 * cfg.hidden + 1) * itemsize * mult)

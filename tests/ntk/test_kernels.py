@@ -174,7 +174,7 @@ def test_gram_precision_split_is_float32_accurate():
 def test_layers_strategy_equals_full_and_bruteforce(model):
     cfg, params, batch, G, full = model
     got, plan = ntk.kernels(cfg, params, batch, kinds=KINDS, strategy="layers", chunk=2,
-                            memory_budget_bytes=34_000, return_plan=True)
+                            memory_budget_bytes=27_500, return_plan=True)
     assert plan.strategy == "layers" and plan.d_chunks == (4, 2)   # D = 24 and the fused width 10, chunked
     for k in KINDS:
         np.testing.assert_allclose(got[k], full[k], rtol=1e-5, atol=1e-8)
@@ -323,3 +323,22 @@ def test_bad_arguments(model):
         ntk.kernels(cfg, params, batch, output=ntk.target_logprob())
     with pytest.raises(ntk.OutputError):
         ntk.target_logprob("max")
+
+
+def test_layers_plan_at_roberta_base_n4096_is_not_degenerate():
+    """N = 4096 × 128 at roberta-base shape on an 80 GB GPU's budget (issue 12): the factors of 8
+    layers take half the budget; the plan must still batch examples and D-columns (a first version
+    fell to 1 example per forward and 3072 one-column D-chunks: 118 s on an H100), and a
+    selection whose factors cannot fit is refused before any work."""
+    cfg = ntkfuse.ModelConfig(family="roberta", vocab_size=50265, hidden=768, intermediate=3072, num_layers=12,
+                              num_heads=12, max_positions=514, type_vocab_size=1, pad_token_id=1, num_labels=2)
+    params = jax.eval_shape(lambda k: ntkfuse.init_params(cfg, k), jax.random.PRNGKey(0))   # shapes only
+    ids = np.zeros((4096, 128), np.int32)
+    batch = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    budget = int(0.8 * 79.6 * 2**30)
+    plan = ntk.plan_kernels(cfg, params, batch, selector=ntk.mlp_layers(range(4, 12)), memory_budget_bytes=budget)
+    assert plan.strategy == "layers"
+    assert plan.chunk >= 16 and max(plan.d_chunks) <= 32, plan
+    with pytest.raises(ntk.NTKConfigError, match="resident"):
+        ntk.plan_kernels(cfg, params, batch, selector=ntk.mlp_layers(range(12)), memory_budget_bytes=budget // 2,
+                         strategy="layers")

@@ -80,7 +80,7 @@ def test_blocks_strategy_matches_one_device():
 def test_layers_strategy_matches_one_device():
     print(run_on_8_devices(_SETUP + """
     # a tiny budget: examples one per chunk and the hidden width in D-chunks (6 of 2); bf16x3 split Gram
-    variants = (dict(), dict(batch2=b2), dict(memory_budget_bytes=30000, gram_precision="bf16x3"))
+    variants = (dict(), dict(batch2=b2), dict(memory_budget_bytes=21500, gram_precision="bf16x3"))
     plans = list(check("layers", variants))
     assert plans[-1].d_chunks == (6, 6) and plans[-1].chunk == 1, plans[-1]
     """))
