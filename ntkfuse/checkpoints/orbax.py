@@ -80,7 +80,8 @@ def _decode(spec, arrays):
             raise ValueError(f"unknown MLP kind {spec['kind']!r} in checkpoint; known: {', '.join(_KINDS)}")
         kw = {k: _decode(v, arrays) for k, v in spec["fields"].items()}
         fixed = spec.get("fixed", spec)   # format /1 kept fixed fields beside "fields"
-        kw.update({name: _from_json(fixed[name]) for name in fixed_fields(cls)})
+        # a fixed field added to a kind later (MoEMLP's rule, capacity) takes its default when absent
+        kw.update({name: _from_json(fixed[name]) for name in fixed_fields(cls) if name in fixed})
         return cls(**kw)
     if t == "array":
         return arrays[spec["name"]]

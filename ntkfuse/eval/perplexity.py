@@ -66,6 +66,9 @@ def check_settings(cfg: Optional[ModelConfig] = None, max_length: Optional[int] 
     validate.check_positive("batch_size", batch_size, integer=True, error=e)
     if cfg is not None:
         fam = get_family(cfg.family)
+        if cfg.is_encoder_decoder:
+            raise e(f"perplexity scores running text with a decoder language model; {cfg.family} is an "
+                    "encoder-decoder (a source-conditioned target log-probability is ntk_compare's target-logprob)")
         if not fam.is_decoder:
             raise e(f"perplexity needs a decoder language model; {cfg.name or 'the model'} is a "
                     f"{cfg.family} encoder (decoder families: "

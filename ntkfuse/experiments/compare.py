@@ -514,8 +514,9 @@ def run_method(plan: Plan, method: str, K_ref: dict, kmeans_cache: Optional[dict
     t_kernel = time.perf_counter() - t0 - t_compress
     measures = kernel_measures(plan, K_new, K_ref)
     from .. import ntk
-    # output_error indexes HF-style hidden states: l + 1 is layer l's output.
-    oe = ntk.output_error(cfg, params, new, [plan.batch], plan.output_layer + 1)
+    # output_error indexes HF-style hidden states: layer l's output is cfg.hidden_state_index(l) (l + 1; an
+    # encoder-decoder's decoder layers l + 2)
+    oe = ntk.output_error(cfg, params, new, [plan.batch], cfg.hidden_state_index(plan.output_layer))
     total = time.perf_counter() - t0
     row = {
         "method": method,

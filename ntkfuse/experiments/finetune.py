@@ -165,6 +165,8 @@ def prepare(config: FinetuneRunConfig, loaded=None) -> Plan:
     if loaded is None:
         loaded = load(config.model, head=head, num_labels=num_labels)
     cfg, params, path, tok = loaded
+    if cfg.is_encoder_decoder:
+        raise FinetuneError(f"{path}: fine-tuning does not support encoder-decoder models ({cfg.family}) yet")
     check_data(cfg, task, train, dev)
     if tok is None:
         raise DataError(f"{path}: the model has no tokenizer; a checkpoint directory needs tokenizer files")

@@ -260,6 +260,10 @@ def run(c: SurrogatesConfig, out: str | Path, *, progress: bool = True, fresh: b
         cfg, params, _, tok = ntkfuse.load(c.model)
     except Exception as e:
         raise E(f"--model {c.model!r}: {e}") from None
+    if cfg.is_encoder_decoder:
+        # activation collection, sensitivity and layer-wise tuning treat a batch as one token sequence
+        raise E(f"--model {c.model!r}: fit_surrogates does not support encoder-decoder models ({cfg.family}) yet; "
+                "ntk_compare and ntkfuse.compress do")
     c = resolve(c, cfg)
     layers = check_model(c, checked, cfg, params)
     if examples is None:

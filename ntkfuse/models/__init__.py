@@ -35,11 +35,20 @@ def check_batch(cfg: ModelConfig, batch: dict) -> None:
     """Host-side validation that cannot happen under jit: shapes, id ranges."""
     fam = get_family(cfg.family)
     ids = np.asarray(batch["input_ids"])
-    if ids.ndim != 2:
-        raise ValueError(f"input_ids must be (batch, length), got shape {ids.shape}")
-    if ids.size and (ids.min() < 0 or ids.max() >= cfg.vocab_size):
-        bad = ids[(ids < 0) | (ids >= cfg.vocab_size)]
-        raise ValueError(f"token ids outside the vocabulary [0, {cfg.vocab_size}): e.g. {bad[:5].tolist()}")
+    _check_ids("input_ids", ids, cfg.vocab_size)
+    if cfg.is_encoder_decoder:
+        # encoder-decoder: the decoder's sequence has its own length; target_mask is over it
+        if batch.get("decoder_input_ids") is None:
+            raise ValueError(f"an encoder-decoder ({cfg.family}) batch needs decoder_input_ids beside input_ids")
+        dids = np.asarray(batch["decoder_input_ids"])
+        _check_ids("decoder_input_ids", dids, cfg.vocab_size)
+        if dids.shape[0] != ids.shape[0]:
+            raise ValueError(f"decoder_input_ids has {dids.shape[0]} rows, input_ids {ids.shape[0]}")
+        for key in ("decoder_attention_mask", "target_mask"):
+            if batch.get(key) is not None and np.shape(batch[key]) != dids.shape:
+                raise ValueError(f"{key} has shape {np.shape(batch[key])}, decoder_input_ids {dids.shape}")
+    elif batch.get("decoder_input_ids") is not None:
+        raise ValueError(f"decoder_input_ids given, but {cfg.family} is not an encoder-decoder")
     limit = cfg.max_positions - fam.reserved_positions(cfg)
     if ids.shape[1] > limit:
         raise ValueError(f"sequence length {ids.shape[1]} exceeds the model's {limit} positions")
@@ -51,6 +60,14 @@ def check_batch(cfg: ModelConfig, batch: dict) -> None:
         tt = np.asarray(tt)
         if tt.size and (tt.min() < 0 or tt.max() >= cfg.type_vocab_size):
             raise ValueError(f"token_type_ids outside [0, {cfg.type_vocab_size})")
+
+
+def _check_ids(name, ids, vocab_size):
+    if ids.ndim != 2:
+        raise ValueError(f"{name} must be (batch, length), got shape {ids.shape}")
+    if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+        bad = ids[(ids < 0) | (ids >= vocab_size)]
+        raise ValueError(f"token ids outside the vocabulary [0, {vocab_size}): e.g. {bad[:5].tolist()}")
 
 
 def init_params(cfg: ModelConfig, key, dtype=jnp.float32) -> dict:

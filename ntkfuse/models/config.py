@@ -62,11 +62,22 @@ class ModelConfig:
     # Sparse Mixture-of-Experts MLPs (families/mixtral.py, blocks/moe.py)
     num_experts: Optional[int] = None            # experts per MoE layer (HF num_local_experts)
     experts_per_token: Optional[int] = None      # top-k routing (HF num_experts_per_tok)
+    # Encoder-decoders (families/switch.py). `num_layers` counts both stacks: params["layers"] holds
+    # the encoder's `encoder_layers` layers first, then the decoder's, so MLP "layer i" is one index.
+    encoder_layers: Optional[int] = None         # None: not an encoder-decoder
+    sparse_layers: tuple = ()                    # (global) indices of the layers whose MLP is an MoEMLP
+    expert_capacity: Optional[int] = None        # Switch: tokens per expert per sequence (HF expert_capacity)
+    relative_attention_num_buckets: int = 32     # T5-style relative position buckets
+    relative_attention_max_distance: int = 128
+    decoder_start_token_id: int = 0              # first decoder input (HF shift_right)
 
     def __post_init__(self):
         fam = get_family(self.family)
         if self.rope_scaling is not None:   # hashable again after a JSON round trip (lists)
             object.__setattr__(self, "rope_scaling", tuple(tuple(kv) for kv in self.rope_scaling))
+        object.__setattr__(self, "sparse_layers", tuple(int(i) for i in self.sparse_layers))
+        if self.encoder_layers is not None and not 0 < self.encoder_layers < self.num_layers:
+            raise ValueError(f"encoder_layers must be in [1, num_layers={self.num_layers}), got {self.encoder_layers}")
         if self.num_kv_heads is not None and (self.num_kv_heads < 1 or self.num_heads % self.num_kv_heads):
             raise ValueError(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
         if self.num_experts is not None and not 1 <= (self.experts_per_token or 0) <= self.num_experts:
@@ -96,6 +107,28 @@ class ModelConfig:
     @property
     def is_decoder(self) -> bool:
         return get_family(self.family).is_decoder
+
+    @property
+    def is_encoder_decoder(self) -> bool:
+        return self.encoder_layers is not None
+
+    def hidden_state_index(self, layer: int) -> int:
+        """Index in `ModelOutput.hidden_states` of layer `layer`'s output: layer + 1, and for an
+        encoder-decoder layer + 2 in the decoder (its hidden states follow the encoder's
+        encoder_layers + 1, and start with the decoder's embeddings)."""
+        if self.is_encoder_decoder and layer >= self.encoder_layers:
+            return layer + 2
+        return layer + 1
+
+    def num_hidden_states(self) -> int:
+        return self.num_layers + (2 if self.is_encoder_decoder else 1)
+
+    def mask_key(self, hidden_state: Optional[int] = None) -> str:
+        """The batch key of the padding mask of hidden state `hidden_state` (None: the logits):
+        an encoder-decoder's decoder side uses `decoder_attention_mask`."""
+        if not self.is_encoder_decoder or (hidden_state is not None and hidden_state <= self.encoder_layers):
+            return "attention_mask"
+        return "decoder_attention_mask"
 
     def replace(self, **kw) -> "ModelConfig":
         return dataclasses.replace(self, **kw)

@@ -57,7 +57,8 @@ KINDS = ("ntk", "sign", "sign_sym")
 STRATEGIES = ("auto", "full", "layers", "blocks", "tokens")
 GRAM_PRECISIONS = ("highest", "bf16x3", "bf16x6", "bf16x9")
 GRAM_IMPLS = ("auto", "split", "preset")
-_BATCH_KEYS = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "target_mask")
+_BATCH_KEYS = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "target_mask",
+               "decoder_input_ids", "decoder_attention_mask")
 _CPU_BUDGET = 4 * 2**30
 
 
@@ -76,6 +77,8 @@ def _prepare(cfg, batch, output) -> dict:
     out = {k: jnp.asarray(batch[k]) for k in _BATCH_KEYS if batch.get(k) is not None}
     if "attention_mask" not in out:
         out["attention_mask"] = jnp.ones(ids.shape, jnp.int32)
+    if "decoder_input_ids" in out and "decoder_attention_mask" not in out:
+        out["decoder_attention_mask"] = jnp.ones(out["decoder_input_ids"].shape, jnp.int32)
     for k in getattr(output, "needs", lambda: ())():
         if k not in out:
             raise NTKConfigError(f"output {output} needs batch[{k!r}]")
@@ -594,6 +597,13 @@ def plan_kernels(cfg, params, batch, *, selector=None, kinds=("ntk", "sign"), ba
     n_kinds = len(kinds)
     explicit = 2 * n1 * n2 * n_params * n_kinds + 2 * (n1 * t1 + (n2 * t2 if batch2 is not None else 0)) * n_params
     spec = _tokens_spec(params, paths)
+    if spec is not None and cfg.is_encoder_decoder:
+        # the Jacobian-free strategies build (N, T, ·) token factors of one sequence length; an
+        # encoder-decoder's layers see two (encoder and decoder): explicit gradients only
+        if strategy in ("tokens", "layers"):
+            raise NTKConfigError(f"strategy {strategy!r} does not support encoder-decoder models "
+                                 f"({cfg.family}); use 'full', 'blocks' or 'auto'")
+        spec = None
     flops = {"full": explicit}
     if spec is not None:
         tok = 0

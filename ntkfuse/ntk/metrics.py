@@ -47,7 +47,9 @@ def _outputs(cfg, params, batch, layer):
 
 
 @oneshot_jit
-def _sums(h_ref, logits_ref, h_new, logits_new, mask):
+def _sums(h_ref, logits_ref, h_new, logits_new, mask, logits_mask):
+    """Sums and counts of the hidden-state distances (tokens of `mask`) and of the logit distances
+    (tokens of `logits_mask`: an encoder-decoder's hidden state and logits may be on different sides)."""
     mask = mask.astype(jnp.float32)
     dist = jnp.linalg.norm((h_new - h_ref).astype(jnp.float32), axis=-1)
     h_sum, h_cnt = jnp.sum(dist * mask), jnp.sum(mask)
@@ -56,32 +58,35 @@ def _sums(h_ref, logits_ref, h_new, logits_new, mask):
     dl = jnp.linalg.norm((logits_new - logits_ref).astype(jnp.float32), axis=-1)
     if dl.ndim == 1:  # classifier: one logit vector per example
         return h_sum, h_cnt, jnp.sum(dl), jnp.float32(dl.shape[0])
-    return h_sum, h_cnt, jnp.sum(dl * mask), jnp.sum(mask)
+    logits_mask = logits_mask.astype(jnp.float32)
+    return h_sum, h_cnt, jnp.sum(dl * logits_mask), jnp.sum(logits_mask)
 
 
 def _batch_sums(cfg, params_ref, params_new, batch, layer):
     fb = {k: v for k, v in batch.items() if k != "target_mask"}
     h_ref, l_ref = _outputs(cfg, params_ref, fb, layer)
     h_new, l_new = _outputs(cfg, params_new, fb, layer)
-    return _sums(h_ref, l_ref, h_new, l_new, fb["attention_mask"])
+    return _sums(h_ref, l_ref, h_new, l_new, fb[cfg.mask_key(layer)], fb[cfg.mask_key()])
 
 
 def output_error(cfg, params_ref, params_new, batches: Iterable[dict], layer: Optional[int] = None) -> dict:
     """Mean ‖h′ − h‖₂ over every non-padding token of every example of every batch.
 
-    `layer` indexes HF-style hidden states (0 = embeddings, l+1 = layer l's output);
+    `layer` indexes HF-style hidden states (0 = embeddings, l+1 = layer l's output; an
+    encoder-decoder's are the encoder's then the decoder's, `cfg.hidden_state_index`);
     default: the output of the last layer whose MLP differs between the two models
     (the last layer if none differs). "logits": per token for an LM, per example for
-    a classifier (None without a head). Averages are token- (or example-) weighted
+    a classifier (None without a head); an encoder-decoder's decoder tokens are masked by
+    `decoder_attention_mask`. Averages are token- (or example-) weighted
     over ALL batches, not the last batch as the reference prints.
     """
     if isinstance(batches, dict):
         batches = [batches]
     if layer is None:
         changed = changed_layers(params_ref, params_new)
-        layer = (changed[-1] if changed else cfg.num_layers - 1) + 1
-    if not 0 <= layer <= cfg.num_layers:
-        raise MetricError(f"layer {layer} out of range: hidden states are 0..{cfg.num_layers} "
+        layer = cfg.hidden_state_index(changed[-1] if changed else cfg.num_layers - 1)
+    if not 0 <= layer < cfg.num_hidden_states():
+        raise MetricError(f"layer {layer} out of range: hidden states are 0..{cfg.num_hidden_states() - 1} "
                           f"(0 = embeddings, l+1 = layer l's output)")
     sums = np.zeros(4)
     n_batches = 0
@@ -89,6 +94,8 @@ def output_error(cfg, params_ref, params_new, batches: Iterable[dict], layer: Op
         b = {k: jnp.asarray(v) for k, v in batch.items() if v is not None}
         if "attention_mask" not in b:
             b["attention_mask"] = jnp.ones(b["input_ids"].shape, jnp.int32)
+        if "decoder_input_ids" in b and "decoder_attention_mask" not in b:
+            b["decoder_attention_mask"] = jnp.ones(b["decoder_input_ids"].shape, jnp.int32)
         sums += np.asarray(jax.device_get(_batch_sums(cfg, params_ref, params_new, b, layer)), np.float64)
         n_batches += 1
     if n_batches == 0:

@@ -75,7 +75,9 @@ class TargetLogprob:
     ``input_ids[t]`` is a target, predicted from position t-1; its term is
     ``log_softmax(logits[t-1])[input_ids[t]]``. ``target_mask[0]`` is ignored (nothing
     predicts the first token). "sum" adds the terms; "mean" divides by their number
-    (max(count, 1)).
+    (max(count, 1)). An encoder-decoder's example has `decoder_input_ids` (the decoder start
+    token, then the target): the same convention holds on the decoder's sequence, whose logits
+    these are, and `target_mask` is over it.
     """
     reduction: str = "sum"
 
@@ -89,7 +91,7 @@ class TargetLogprob:
         return ("target_mask",)
 
     def __call__(self, cfg, params, example):
-        ids = example["input_ids"]
+        ids = example.get("decoder_input_ids", example["input_ids"])
         mask = example["target_mask"][1:].astype(jnp.float32)
         logits = _logits(cfg, params, {k: v for k, v in example.items() if k != "target_mask"})
         logp = jax.nn.log_softmax(logits[:-1].astype(jnp.float32), axis=-1)

@@ -18,8 +18,9 @@ PACKAGE = Path(ntkfuse.__file__).parent
 
 
 def test_registry_is_immutable_and_names_match():
-    assert tuple(FAMILIES) == ("bert", "roberta", "gpt2", "llama", "mixtral")
-    assert SUPPORTED_MODEL_TYPES == ("bert", "roberta", "gpt2", "llama", "mistral", "qwen2", "mixtral")
+    assert tuple(FAMILIES) == ("bert", "roberta", "gpt2", "llama", "mixtral", "switch")
+    assert SUPPORTED_MODEL_TYPES == ("bert", "roberta", "gpt2", "llama", "mistral", "qwen2", "mixtral",
+                                     "switch_transformers")
     with pytest.raises(TypeError):
         FAMILIES["t5"] = FAMILIES["bert"]
     for name, fam in FAMILIES.items():
@@ -29,11 +30,11 @@ def test_registry_is_immutable_and_names_match():
 
 def test_unknown_family_names_the_supported_ones():
     with pytest.raises(UnsupportedModelError,
-                       match="unsupported model family 't5'; supported: bert, roberta, gpt2, llama, mixtral"):
+                       match="unsupported model family 't5'; supported: bert, roberta, gpt2, llama, mixtral, switch"):
         get_family("t5")
     with pytest.raises(UnsupportedModelError,
-                       match="model_type 'switch_transformers'.*bert, roberta, gpt2, llama, mistral, qwen2, mixtral"):
-        family_for_model_type("switch_transformers")
+                       match="model_type 't5'.*bert, roberta, gpt2, llama, mistral, qwen2, mixtral, switch_transformers"):
+        family_for_model_type("t5")
 
 
 @pytest.mark.parametrize("name,head,data,output,decoder,token_types", [
@@ -41,7 +42,8 @@ def test_unknown_family_names_the_supported_ones():
     ("roberta", "classifier", "sample:sentiment", "class-prob", False, True),
     ("gpt2", "lm", "sample:webnlg", "target-logprob", True, False),
     ("llama", "lm", "sample:webnlg", "target-logprob", True, False),
-    ("mixtral", "lm", "sample:webnlg", "target-logprob", True, False)])
+    ("mixtral", "lm", "sample:webnlg", "target-logprob", True, False),
+    ("switch", "lm", "sample:webnlg", "target-logprob", False, False)])   # an encoder-decoder, not a causal LM
 def test_family_defaults(name, head, data, output, decoder, token_types):
     fam = get_family(name)
     assert (fam.default_head, fam.default_data, fam.default_output, fam.is_decoder, fam.token_types) == \

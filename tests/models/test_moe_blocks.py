@@ -81,7 +81,7 @@ def test_vmap_grad_and_pytree():
     g = jax.grad(lambda b: jnp.sum(b(x, jax.nn.silu) ** 2))(block)
     assert isinstance(g, MoEMLP) and g.top_k == TOP and len(g.experts) == E
     assert float(jnp.abs(g.router).sum()) > 0   # the top-k values carry the router's gradient
-    assert fixed_fields(MoEMLP) == ("top_k",)
+    assert fixed_fields(MoEMLP) == ("top_k", "rule", "capacity")   # static metadata, never leaves
     names = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(block)[0]]
     assert len(names) == 1 + 3 * E and not any("top_k" in n for n in names)
     back = jax.tree_util.tree_map(lambda a: a, block)

@@ -60,9 +60,9 @@ def _build(modules) -> Mapping[str, Family]:
     return MappingProxyType(out)
 
 
-from . import bert, gpt2, llama, mixtral  # noqa: E402  (the family modules import `Family` from here)
+from . import bert, gpt2, llama, mixtral, switch  # noqa: E402  (the family modules import `Family` from here)
 
-_MODULES = (bert, gpt2, llama, mixtral)
+_MODULES = (bert, gpt2, llama, mixtral, switch)
 FAMILIES: Mapping[str, Family] = _build(_MODULES)
 SUPPORTED_MODEL_TYPES = tuple(t for f in FAMILIES.values() for t in f.model_types)
 _BY_MODEL_TYPE = MappingProxyType({t: f for f in FAMILIES.values() for t in f.model_types})
