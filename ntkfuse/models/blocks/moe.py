@@ -22,7 +22,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from .base import Block, block_kind
+from .base import ROUTER, STATIC, Block, block_kind
 
 Array = jax.Array
 
@@ -42,9 +42,9 @@ def route(router: Array, x: Array, top_k: int) -> tuple:
 
 @block_kind
 class MoEMLP(Block):
-    router: Array             # (E, d), bias-free
-    experts: tuple            # E blocks, each mapping d -> d
-    top_k: int = dataclasses.field(metadata={"fixed": True})   # experts per token: static
+    router: Array = dataclasses.field(metadata=ROUTER)   # (E, d), bias-free; frozen unless train_router
+    experts: tuple = dataclasses.field()                 # E blocks, each mapping d -> d
+    top_k: int = dataclasses.field(metadata=STATIC)      # experts per token: in the treedef
 
     kind = "moe"
     # The one-shot methods apply expert by expert (`sub_blocks`), never to the block as a whole.
@@ -90,7 +90,7 @@ class MoEMLP(Block):
     # ---- accounting
 
     def param_count(self) -> int:
-        """Router plus every expert's trainable parameters (fixed fields are not parameters)."""
+        """Router plus every expert's parameters (fixed fields are not parameters)."""
         return int(self.router.size) + sum(self.expert_param_counts())
 
     def expert_param_counts(self) -> tuple:
