@@ -288,7 +288,7 @@ def test_cluster_sizes_share_one_compiled_program(model):
     """Issue 12: two fusion results of the same shapes but different cluster sizes run through ONE
     compiled program per strategy (the counts are arguments, not constants or treedef metadata),
     and each kernel equals its own float64 reference."""
-    from ntkfuse.ntk import kernels as km
+    km = ntk.kernels_module
     cfg, params, batch, G, full = model
     m = params["layers"][1]["mlp"]
     other = replace_mlps(params, {1: FusedMLP(m.w1, m.b1, m.w2, m.b2, counts=OTHER_COUNTS)})

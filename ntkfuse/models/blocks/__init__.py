@@ -43,7 +43,8 @@ def count_params(block) -> int:
     return int(sum(x.size for x in jax.tree_util.tree_leaves(split_frozen(block, train_router=True)[0])))
 
 
-__all__ = ["Block", "block_kind", "fixed_fields", "static_fields", "as_fixed", "FIXED", "ROUTER", "STATIC", "FIXED_DTYPE", "activation_fn", "lin", "NeuronView", "Probes", "neuron_forward",
+__all__ = ["Block", "block_kind", "fixed_fields", "static_fields", "as_fixed", "FIXED", "ROUTER", "STATIC", "FIXED_DTYPE",
+           "activation_fn", "lin", "NeuronView", "Probes", "neuron_forward",
            "NEURON_TOKEN_GRADS", "DenseMLP", "FusedMLP", "LowRankMLP", "LinearMLP", "LowRankLinearMLP", "GatedMLP",
            "FusedGatedMLP", "LowRankGatedMLP", "MoEMLP", "Probed",
            "MLP_KINDS", "KINDS_BY_NAME", "is_mlp", "apply_mlp", "count_params"]
