@@ -151,7 +151,8 @@ def _run_row(spec: dict) -> dict:
     mem = step.lower(params, opt_state, batch, keys[0]).compile().memory_analysis()
     step_bytes = None if mem is None else int(mem.argument_size_in_bytes + mem.temp_size_in_bytes
                                               + mem.output_size_in_bytes - mem.alias_size_in_bytes)
-    n_params = int(sum(x.size for x in jax.tree_util.tree_leaves(params)))
+    from ntkfuse.compress.accounting import param_count
+    n_params = param_count(params)   # fixed fields (fusion's counts) are not parameters
     state = {"params": params, "opt": opt_state, "i": 0}
     del params, opt_state            # donated at the first step: only `state` holds them
 

@@ -1,10 +1,11 @@
 """Save and restore (compressed) models with orbax.
 
-A params tree mixes dicts, the Python list of layers and MLP block dataclasses whose
-fixed fields (e.g. FusedMLP.counts) are static metadata, not arrays, so orbax cannot
-rebuild it alone. We save the arrays as a flat dict {"a0": ..., "a1": ...} with orbax
-and, beside it, `ntkfuse.json` holding the tree structure (each block's kind by class
-name, its fields, None ones included, and its fixed fields as JSON), the ModelConfig, array shapes/dtypes, the user's metadata (method, width,
+A params tree mixes dicts, the Python list of layers and MLP block dataclasses (with
+static fields such as an MoE's top_k in their treedef), so orbax cannot rebuild it alone.
+We save the arrays as a flat dict {"a0": ..., "a1": ...} with orbax and, beside it,
+`ntkfuse.json` holding the tree structure (each block's kind by class name, its array
+fields, None ones included — fixed ones such as FusedMLP.counts too — and its static
+fields as JSON), the ModelConfig, array shapes/dtypes, the user's metadata (method, width,
 layers, seed, ...) and the ntkfuse version. Arrays are stored exactly, so a restored
 model gives bit-identical outputs.
 
@@ -24,11 +25,12 @@ import jax
 import numpy as np
 
 from ..models import ModelConfig
-from ..models.blocks import MLP_KINDS, fixed_fields
+from ..models.blocks import MLP_KINDS, as_fixed, fixed_fields, static_fields
 
-# /2 stores a block's fixed fields under "fixed"; /1 (read too) had them beside "fields".
-FORMAT = "ntkfuse-compressed/2"
-_READABLE = ("ntkfuse-compressed/1", FORMAT)
+# /3 stores fixed fields (fusion's counts) as arrays among "fields" and static fields under
+# "static". Read too: /2 kept fixed and static fields as JSON under "fixed", /1 beside "fields".
+FORMAT = "ntkfuse-compressed/3"
+_READABLE = ("ntkfuse-compressed/1", "ntkfuse-compressed/2", FORMAT)
 _KINDS = {cls.__name__: cls for cls in MLP_KINDS}
 
 
@@ -41,7 +43,7 @@ def _to_json(v):
 
 
 def _from_json(v):
-    """JSON lists back to tuples: fixed metadata must be hashable (it is part of the treedef)."""
+    """JSON lists back to tuples: static fields must be hashable (they are part of the treedef)."""
     return tuple(_from_json(x) for x in v) if isinstance(v, list) else v
 
 
@@ -53,11 +55,11 @@ def _encode(node, arrays):
     if isinstance(node, (list, tuple)):
         return {"t": "list" if isinstance(node, list) else "tuple", "items": [_encode(v, arrays) for v in node]}
     if isinstance(node, MLP_KINDS):
-        fixed = fixed_fields(node)
+        static = static_fields(node)
         return {"t": "mlp", "kind": type(node).__name__,
                 "fields": {f.name: _encode(getattr(node, f.name), arrays)
-                           for f in dataclasses.fields(node) if f.name not in fixed},
-                "fixed": {name: _to_json(getattr(node, name)) for name in fixed}}
+                           for f in dataclasses.fields(node) if f.name not in static},
+                "static": {name: _to_json(getattr(node, name)) for name in static}}
     if hasattr(node, "shape") and hasattr(node, "dtype"):
         name = f"a{len(arrays)}"
         arrays[name] = node
@@ -79,9 +81,11 @@ def _decode(spec, arrays):
         if cls is None:
             raise ValueError(f"unknown MLP kind {spec['kind']!r} in checkpoint; known: {', '.join(_KINDS)}")
         kw = {k: _decode(v, arrays) for k, v in spec["fields"].items()}
-        fixed = spec.get("fixed", spec)   # format /1 kept fixed fields beside "fields"
-        # a fixed field added to a kind later (MoEMLP's rule, capacity) takes its default when absent
-        kw.update({name: _from_json(fixed[name]) for name in fixed_fields(cls) if name in fixed})
+        # /3: "static"; /2: static and fixed fields as JSON under "fixed"; /1: beside "fields".
+        # A static field added to a kind later (MoEMLP's rule, capacity) takes its default when absent.
+        meta = spec["static"] if "static" in spec else spec.get("fixed", spec)
+        kw.update({name: _from_json(meta[name]) for name in static_fields(cls) if name in meta})
+        kw.update({name: as_fixed(meta[name]) for name in fixed_fields(cls) if name not in kw})
         return cls(**kw)
     if t == "array":
         return arrays[spec["name"]]

@@ -12,22 +12,24 @@ from typing import Mapping, Sequence
 import jax
 import numpy as np
 
+from ..frozen import split_frozen
 from ..models.blocks import count_params, is_mlp
 
 
 def param_count(obj, layers: Sequence[int] | None = None) -> int:
-    """Trainable parameters of a block, of a whole params tree, or (with `layers`) of
-    those layers' MLP blocks only. Fusion's counts are not parameters."""
+    """Parameters of a block, of a whole params tree, or (with `layers`) of those layers'
+    MLP blocks only. Fusion's counts are fixed leaves, not parameters."""
     if layers is not None and not is_mlp(obj):
         return sum(count_params(obj["layers"][l]["mlp"]) for l in layers)
     return count_params(obj)
 
 
 def nonzero_params(obj, layers: Sequence[int] | None = None) -> int:
-    """Like `param_count` but counting only nonzero entries."""
+    """Like `param_count` but counting only nonzero entries (fixed fields are not parameters)."""
     if layers is not None:
         obj = [obj["layers"][l]["mlp"] for l in layers]
-    return int(sum(int(np.count_nonzero(np.asarray(x))) for x in jax.tree_util.tree_leaves(obj)))
+    params = split_frozen(obj, train_router=True)[0]
+    return int(sum(int(np.count_nonzero(np.asarray(x))) for x in jax.tree_util.tree_leaves(params)))
 
 
 def mlp_flops_per_token(block) -> int:

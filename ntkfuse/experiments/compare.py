@@ -82,8 +82,7 @@ class CompareConfig:
     reference_protocol: bool = False         # the reference's setup: layer 0 only, kernel w.r.t. its MLP
     method_options: Mapping = dataclasses.field(default_factory=dict)  # {method: {option: value}}
     per_layer: bool = False                  # per-layer kernel errors (compressed layers, more than one); off by
-                                             # default: 1 + len(layers) kernel compiles per parameter structure, and
-                                             # fusion's structure (static cluster counts) changes with every seed
+                                             # default: 1 + len(layers) kernel compiles per parameter structure
     task_examples: int = DEFAULT_TASK_EXAMPLES   # labelled examples for kernel classification (0: off)
     task_folds: int = DEFAULT_TASK_FOLDS     # cross-validation folds of kernel classification
     chunk: Optional[int] = None              # examples per Jacobian chunk (memory only; not in the hash)

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ..frozen import frozen_adamw, leaf_name
+from ..frozen import frozen_adamw, frozen_mask, leaf_name
 
 # Leaf names that are biases in ntkfuse's params (layers' "b", MLP blocks' "b1"/"b2",
 # LayerNorm's "bias"); "scale" is only ever a LayerNorm weight.
@@ -24,8 +24,11 @@ NO_DECAY_LEAVES = ("b", "b1", "b2", "bias", "scale")
 
 def decay_mask(params):
     """True on leaves that get weight decay: every matrix and embedding; False on biases
-    and LayerNorm params (derived from leaf paths, so any MLP block kind is covered)."""
-    return jax.tree_util.tree_map_with_path(lambda p, _: leaf_name(p) not in NO_DECAY_LEAVES, params)
+    and LayerNorm params (derived from leaf paths, so any MLP block kind is covered) and on
+    fixed block fields (fusion's counts, which AdamW never sees anyway)."""
+    fixed = frozen_mask(params, train_router=True)
+    return jax.tree_util.tree_map_with_path(lambda p, _, f: not f and leaf_name(p) not in NO_DECAY_LEAVES,
+                                            params, fixed)
 
 
 def warmup_steps(total_steps: int, warmup: float) -> int:
@@ -45,7 +48,8 @@ def linear_schedule(lr: float, total_steps: int, warmup: int):
 
 
 def optimizer(tc, total_steps: int) -> optax.GradientTransformation:
-    """AdamW of a `TrainConfig` over `total_steps` updates (clipping first when tc.clip)."""
+    """AdamW of a `TrainConfig` over `total_steps` updates (clipping first when tc.clip), over
+    the trainable leaves only (`ntkfuse.frozen.frozen_adamw`)."""
     sched = linear_schedule(tc.lr, total_steps, warmup_steps(total_steps, tc.warmup))
     return frozen_adamw(sched, b1=tc.b1, b2=tc.b2, eps=tc.eps, weight_decay=tc.weight_decay, decay_mask=decay_mask,
                         clip=tc.clip, train_router=tc.train_router)

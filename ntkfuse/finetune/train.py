@@ -1,9 +1,11 @@
 """Fine-tuning: pure loss functions over the params tree, jitted train and eval steps,
 and the epoch loop with per-epoch dev evaluation and orbax checkpoints.
 
-Every array of the params tree trains, whatever the MLP block kinds; fields a block
-declares fixed (FusedMLP.counts) are static pytree metadata, so neither gradients nor
-AdamW (nor its weight decay) ever see them.
+Every array of the params tree trains, whatever the MLP block kinds, except the leaves
+`ntkfuse.frozen.frozen_mask` names (fields a block declares fixed, e.g. FusedMLP.counts, and
+MoE routers unless `train_router`): the step differentiates the trainable partition only and
+AdamW holds no state for the frozen leaves, so neither gradients nor AdamW (nor its weight
+decay) ever touch them.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import optax
 
 from .. import sharding
 from ..data import DataError, Example, check_labels
+from ..frozen import cast_floating, merge_frozen, split_frozen, trainable_grad
 from ..models import ModelConfig, check_batch, forward
 from ..validate import check_choice, check_positive
 from . import optim
@@ -103,11 +106,11 @@ REMATS = {"none": False, "dots": "dots", "layer": True}   # TrainConfig.remat ->
 
 
 def _compute(params, compute_dtype: str):
-    """Floating leaves cast to the compute dtype (inside the grad: gradients reach the float32 masters)."""
+    """Floating leaves cast to the compute dtype (inside the grad: gradients reach the float32
+    masters); fixed fields stay float32 (`ntkfuse.frozen.cast_floating`)."""
     if compute_dtype == "float32":
         return params
-    dt = jnp.dtype(compute_dtype)
-    return jax.tree_util.tree_map(lambda a: a.astype(dt) if jnp.issubdtype(a.dtype, jnp.floating) else a, params)
+    return cast_floating(params, jnp.dtype(compute_dtype))
 
 
 def dropout_key(tc: "TrainConfig"):
@@ -163,17 +166,23 @@ def eval_outputs(cfg: ModelConfig, kind: str, params, batch: dict) -> dict:
 def steps(cfg: ModelConfig, kind: str, tc: TrainConfig, total_steps: int):
     """(optimizer, jitted train step, jitted eval step) for one model config, task kind and
     schedule. train_step(params, opt_state, batch, rng) -> (params, opt_state, metrics)
-    donates params and opt_state; eval_step(params, batch) -> per-row outputs."""
+    donates params and opt_state; eval_step(params, batch) -> per-row outputs. The step
+    differentiates the trainable leaves only (`ntkfuse.frozen`: fixed fields and, unless
+    tc.train_router, MoE routers pass through unchanged); `grad_norm` is theirs."""
     tx = optim.optimizer(tc, total_steps)
     train_cfg = cfg.replace(remat=REMATS[tc.remat])
 
     def mixed_loss(params, batch, rng):
         return loss(train_cfg, kind, _compute(params, tc.compute_dtype), batch, rng)
 
+    value_and_grad = trainable_grad(mixed_loss, tc.train_router)
+
     def train_step(params, opt_state, batch, rng):
-        val, g = jax.value_and_grad(mixed_loss)(params, batch, rng)
-        upd, opt_state = tx.update(g, opt_state, params)
-        return optax.apply_updates(params, upd), opt_state, {"loss": val, "grad_norm": optax.tree.norm(g)}
+        val, g = value_and_grad(params, batch, rng)
+        trainable, frozen = split_frozen(params, tc.train_router)
+        upd, opt_state = tx.update(g, opt_state, trainable)
+        return (merge_frozen(optax.apply_updates(trainable, upd), frozen), opt_state,
+                {"loss": val, "grad_norm": optax.tree.norm(g)})
 
     train = jax.jit(train_step, donate_argnums=(0, 1))
     evaluate = jax.jit(lambda params, batch: eval_outputs(cfg, kind, _compute(params, tc.compute_dtype), batch))

@@ -2,15 +2,16 @@
 
 Two ways, same numbers: a Python loop over the list (each layer may have its own MLP
 kind and width), or, with `cfg.scan_layers`, `jax.lax.scan` over each maximal run of
-consecutive layers whose layer dicts have the same pytree structure (MLP kind, fixed
-metadata such as fusion counts, None biases) and the same leaf shapes and dtypes, so a
-deep uniform model compiles one layer instead of N. The params stay a list: each run is
-stacked inside the traced function. `cfg.remat` wraps the layer in `jax.checkpoint`
-(recompute activations in the backward pass instead of storing them): True stores only the
-layer's input; "dots" also stores the outputs of its un-batched matmuls (the projections
-and MLP matmuls) and recomputes the rest — attention scores and probabilities, softmax,
-dropout masks, GELU, LayerNorm — which costs a few % of the FLOPs and saves the
-(B, H, T, T) attention tensors that otherwise dominate a training step's memory.
+consecutive layers whose layer dicts have the same pytree structure (MLP kind, static
+fields, None biases) and the same leaf shapes and dtypes, so a deep uniform model compiles
+one layer instead of N (fused layers too, whatever their cluster sizes: those are leaves).
+The params stay a list: each run is stacked inside the traced function. `cfg.remat` wraps
+the layer in `jax.checkpoint` (recompute activations in the backward pass instead of
+storing them): True stores only the layer's input; "dots" also stores the outputs of its
+un-batched matmuls (the projections and MLP matmuls) and recomputes the rest — attention
+scores and probabilities, softmax, dropout masks, GELU, LayerNorm — which costs a few % of
+the FLOPs and saves the (B, H, T, T) attention tensors that otherwise dominate a training
+step's memory.
 
 Layer i's dropout key is `fold_in(rng, i)` either way (a scanned input under scan), so
 dropout masks do not depend on the switch either.

@@ -33,8 +33,9 @@ Strategies (chosen by `plan_kernels` from a cost model and a memory budget):
 
 Every per-chunk computation is a pure function of (params, chunk of examples), so
 chunks can be sharded across devices (`kernels(..., devices=)`: "full", "blocks" and
-"layers" split the examples; "tokens" runs on one device). FusedMLP counts are static metadata and
-scale the forward, so the fused model's kernel uses its own compressed params.
+"layers" split the examples; "tokens" runs on one device). FusedMLP counts are fixed leaves: never
+selected (no gradient is formed for them), they scale the forward as arguments of the compiled
+kernels, so fusion results of equal shapes share one program whatever their cluster sizes.
 """
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ from jax.sharding import PartitionSpec as P
 from .. import sharding
 from ..compile import autotune as _autotune_ctx, oneshot_jit
 from ..dtypes import as_dtype
+from ..frozen import cast_floating
 from ..models import check_batch
 from ..models.blocks import Probed, Probes, activation_fn
 from .outputs import class_prob
@@ -83,12 +85,6 @@ def _prepare(cfg, batch, output) -> dict:
         if k not in out:
             raise NTKConfigError(f"output {output} needs batch[{k!r}]")
     return out
-
-
-def _cast(tree, dtype):
-    if dtype is None:
-        return tree
-    return jax.tree_util.tree_map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
 
 
 def _engine_cfg(cfg, scan_layers):
@@ -159,7 +155,7 @@ def _grads_tree(cfg, output, sel, rest, batch, chunk):
 
 @oneshot_jit(static_argnames=("cfg", "output", "chunk", "dtype"))
 def _grads_jit(sel, rest, batch, *, cfg, output, chunk, dtype):
-    return _grads_tree(cfg, output, _cast(sel, dtype), _cast(rest, dtype), batch, chunk)
+    return _grads_tree(cfg, output, cast_floating(sel, dtype), cast_floating(rest, dtype), batch, chunk)
 
 
 def _flat(tree, n):
@@ -252,7 +248,7 @@ def _gram_add(acc, a_list, b_list, kinds, gram="highest", impl="split"):
 
 @oneshot_jit(static_argnames=("cfg", "output", "kinds", "chunk", "dtype", "gram", "impl"))
 def _kernels_explicit(sel, rest, batch, batch2, *, cfg, output, kinds, chunk, dtype, gram, impl):
-    sel, rest = _cast(sel, dtype), _cast(rest, dtype)
+    sel, rest = cast_floating(sel, dtype), cast_floating(rest, dtype)
     n1 = batch["input_ids"].shape[0]
     a = _flat(_grads_tree(cfg, output, sel, rest, batch, chunk), n1)
     if batch2 is None:
@@ -270,7 +266,7 @@ def _kernels_explicit_mesh(sel, rest, batch, batch2, *, mesh, cfg, output, kinds
     row-sharded): each device forms the per-example gradients of its examples (`shard_map`, the
     same vmapped chunks as on one device), and the Gram products of the row-sharded G are left to
     XLA's partitioner, which gathers the factors it needs."""
-    sel, rest = _cast(sel, dtype), _cast(rest, dtype)
+    sel, rest = cast_floating(sel, dtype), cast_floating(rest, dtype)
     rows = P(sharding.mesh_axis(mesh))
 
     def local_grads(s, r, b):   # per-example gradients are local: no reduction over devices
@@ -336,7 +332,7 @@ def _token_factors(cfg, output, params, batch, layers):
 @oneshot_jit(static_argnames=("cfg", "output", "layers", "chunk", "dtype"))
 def _layer_inputs(params, batch, *, cfg, output, layers, chunk, dtype):
     """(u1, δ2) of every selected MLP for all N examples, `chunk` examples per forward/backward."""
-    params = _cast(params, dtype)
+    params = cast_floating(params, dtype)
     n = batch["input_ids"].shape[0]
     return _chunked_map(lambda b: _probe_factors(cfg, output, params, b, layers, ("u1", "d2")), batch, n, chunk)
 
@@ -395,7 +391,7 @@ def _layer_inputs_mesh(params, batch, *, mesh, cfg, output, layers, chunk, dtype
     """`_layer_inputs` with the examples split across `mesh` (batch padded and placed row-sharded,
     params replicated): (u1, δ2) are per-example, so each device runs the same chunked forward +
     backward on its own examples (`shard_map`, no reduction over devices); results row-sharded."""
-    params = _cast(params, dtype)
+    params = cast_floating(params, dtype)
     rows = P(sharding.mesh_axis(mesh))
 
     def local(pr, b):
@@ -451,7 +447,7 @@ def _layers_on_mesh(mesh, params, b1, b2, spec, d_chunks, *, cfg, output, chunk,
     fb = None if b2 is None else _layer_inputs_mesh(rep, sharding.shard_rows(b2, mesh), **kw)
     out = None
     for (l, names), dch in zip(spec, d_chunks):
-        block = _cast(rep["layers"][l]["mlp"], dtype)
+        block = cast_floating(rep["layers"][l]["mlp"], dtype)
         part = _layer_gram_mesh(block, fa[l], None if fb is None else fb[l], mesh=mesh, names=names, kinds=kinds,
                                 activation=cfg.activation, d_chunks=dch, gram=gram, impl=impl)
         out = part if out is None else {k: out[k] + part[k] for k in kinds}
@@ -472,7 +468,7 @@ def _pair_gram(da, ua, db, ub, rows):
 
 @oneshot_jit(static_argnames=("cfg", "output", "spec", "rows", "dtype"))
 def _kernels_tokens(params, batch, batch2, *, cfg, output, spec, rows, dtype):
-    params = _cast(params, dtype)
+    params = cast_floating(params, dtype)
     layers = tuple(l for l, _ in spec)
     fa = _token_factors(cfg, output, params, batch, layers)
     fb = fa if batch2 is None else _token_factors(cfg, output, params, batch2, layers)
@@ -575,7 +571,7 @@ def plan_kernels(cfg, params, batch, *, selector=None, kinds=("ntk", "sign"), ba
     nn = n1 if batch2 is None else n1 + n2
     nmax = max(n1, n2)
     flat = dict(zip(leaf_paths(params), jax.tree_util.tree_leaves(params)))
-    paths = [p for p in flat if selector(p)]
+    paths = selector.paths(params)
     sizes = {p: int(np.prod(flat[p].shape)) for p in paths}
     n_params = sum(sizes.values())
     g_bytes = nn * n_params * itemsize
@@ -745,7 +741,7 @@ def _kernels(cfg, params, batch, *, output, selector, kinds, batch2, chunk, para
                                                    chunk=plan.chunk, dtype=dtype)
         out = None
         for (l, names), dch in zip(spec, plan.d_chunks):
-            block = _cast(params["layers"][l]["mlp"], dtype)
+            block = cast_floating(params["layers"][l]["mlp"], dtype)
             part = _layer_gram(block, fa[l], None if fb is None else fb[l], names=names, kinds=kinds,
                                activation=cfg.activation, d_chunks=dch, **gram)
             out = part if out is None else {k: out[k] + part[k] for k in kinds}

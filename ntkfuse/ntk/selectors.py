@@ -7,7 +7,10 @@ has a path normalised to a tuple of str/int, e.g. ``("layers", 4, "mlp", "w1")``
 other's places, and `merge` puts them back together, so a function can be
 differentiated w.r.t. `selected` alone while `rest` is closed over.
 
-FusedMLP's `counts` are static pytree metadata, not leaves: no selector can pick them.
+Fixed block fields (FusedMLP's `counts`) are leaves but never parameters: `mask`, `split`
+and `paths` leave them out whatever the rule (`ntkfuse.frozen.frozen_mask`), so they stay in
+`rest`, arguments of the compiled kernels rather than constants baked into them. A router
+is a parameter of the model and is differentiated when selected.
 """
 from __future__ import annotations
 
@@ -15,6 +18,8 @@ import dataclasses
 from typing import Callable, Optional
 
 import jax
+
+from ..frozen import frozen_mask
 
 _IS_NONE = lambda x: x is None  # noqa: E731
 
@@ -68,8 +73,9 @@ class Selector:
         raise SelectorError(f"unknown selector kind {self.kind!r}; known: mlp_layers, all_mlps, all, path")
 
     def mask(self, params):
-        """Pytree of bools, True where a leaf is selected."""
-        return jax.tree_util.tree_map_with_path(lambda p, _: self(normalise_path(p)), params)
+        """Pytree of bools, True where a leaf is selected (never a fixed block field)."""
+        fixed = frozen_mask(params, train_router=True)
+        return jax.tree_util.tree_map_with_path(lambda p, _, f: not f and self(normalise_path(p)), params, fixed)
 
     def validate(self, params) -> None:
         if self.kind == "mlp_layers":
@@ -94,7 +100,8 @@ class Selector:
         return jax.tree_util.tree_map(lambda a, b: b if a is None else a, selected, rest, is_leaf=_IS_NONE)
 
     def paths(self, params) -> list[tuple]:
-        return [p for p in leaf_paths(params) if self(p)]
+        """Normalised paths of the selected leaves, in flatten order."""
+        return [p for p, m in zip(leaf_paths(params), jax.tree_util.tree_leaves(self.mask(params))) if m]
 
 
 def mlp_layers(layers) -> Selector:

@@ -3,13 +3,14 @@
 All chosen layers are fitted together: their blocks are stacked on a leading layer
 axis and the loss is vmapped over it. The summed loss has disjoint parameters per
 layer and AdamW is elementwise, so this is exactly L independent fits in one jitted
-step. A kind's fixed fields (FusedMLP counts) differ per layer and are static
-metadata; the block protocol's `split_fixed` turns them into a separate,
-non-trainable stacked array beside the trainable holder, `apply_split` runs the
-kind's own forward with it (so gradients w.r.t. centroid j still scale with n_j),
-and `join_fixed` puts the original values back afterwards — they are never updated.
+step. A kind's fixed fields (FusedMLP counts) differ per layer and never train; the
+block protocol's `split_fixed` takes them out as a separate stacked array beside the
+trainable holder (the block with those fields None), `apply_split` runs the kind's own
+forward with them (so gradients w.r.t. centroid j still scale with n_j), and
+`join_fixed` puts them back afterwards — they are never differentiated or updated.
 A container (MoEMLP) is split sub-block by sub-block (`ContainerKind`) and fitted
-through its own forward on the layer's pairs; its router is frozen (no gradient, no decay).
+through its own forward on the layer's pairs; its router is frozen (`ntkfuse.frozen`:
+not differentiated, no optimizer state, no decay).
 
 Speed: per-step Python dispatch dominates small fits on accelerators, so many optimizer
 steps run in one dispatch — a jitted `lax.scan` over a block of steps that ends at the
@@ -39,6 +40,7 @@ import optax
 
 from .. import sharding
 from ..files import atomic_write
+from ..frozen import cast_floating, merge_frozen, split_frozen, trainable_grad
 from ..models.blocks import activation_fn, fixed_fields
 
 LOSSES = ("mse", "cosine")
@@ -92,8 +94,8 @@ class FitConfig:
 
     def optimizer(self, frozen: bool = False) -> optax.GradientTransformation:
         """AdamW with linear warm-up then cosine decay (the default schedule). `frozen`: the
-        blocks hold leaves that must not move (an MoE's router, `ntkfuse.frozen`): their
-        gradients are zeroed and they get no weight decay."""
+        blocks hold leaves that must not move (an MoE's router, `ntkfuse.frozen`): AdamW holds
+        no state for them and never decays them."""
         warm = min(self.warmup_steps, self.steps - 1) if self.steps > 1 else 0
         sched = optax.warmup_cosine_decay_schedule(0.0 if warm else self.lr, self.lr, max(warm, 0),
                                                    self.steps, self.lr * self.end_lr_ratio)
@@ -108,9 +110,9 @@ class FitConfig:
 
 class Stacked(NamedTuple):
     params: Any                 # trainable holders stacked on axis 0
-    fixed: dict                 # {fixed field: (L, ...) float32 array}, e.g. fusion counts; {} if none
+    fixed: Any                  # {fixed field: (L, ...) float32 array}, e.g. fusion counts; {} if none
     cls: Any                    # the block kind
-    meta: Optional[tuple]       # per-layer {fixed field: original value} to rebuild the blocks, or None
+    meta: Optional[tuple]       # per-layer {fixed field: list of values} (the checkpoint fingerprint), or None
 
 
 class _Split:
@@ -146,13 +148,14 @@ class ContainerKind:
         subs = [_Split(c, h, f) for c, h, f in zip(self.sub_classes, holder.sub_blocks(), fixed)]
         return holder.with_sub_blocks(subs)(x, act)
 
-    def join_fixed(self, holder, fixed_meta) -> Any:
-        return holder.with_sub_blocks([c.join_fixed(h, m) for c, h, m in
-                                       zip(self.sub_classes, holder.sub_blocks(), fixed_meta)])
+    def join_fixed(self, holder, fixed) -> Any:
+        return holder.with_sub_blocks([c.join_fixed(h, f) for c, h, f in
+                                       zip(self.sub_classes, holder.sub_blocks(), fixed)])
 
 
 def _fixed_meta(block) -> dict:
-    return {n: tuple(int(c) for c in getattr(block, n)) for n in fixed_fields(type(block))}
+    """A block's fixed values as JSON lists (what checkpoints written with static counts held)."""
+    return {n: np.asarray(getattr(block, n)).tolist() for n in fixed_fields(type(block))}
 
 
 def _stack_containers(blocks: Sequence) -> Stacked:
@@ -168,7 +171,7 @@ def _stack_containers(blocks: Sequence) -> Stacked:
             len({tuple(x.shape for x in jax.tree.leaves(h)) for h in holders}) != 1:
         raise FitError("container blocks must have the same structure and shapes to be stacked")
     params = jax.tree.map(lambda *xs: jnp.stack(xs), *holders)
-    fixed = jax.tree.map(lambda *fs: jnp.asarray(np.stack(fs)), *[f for _, f in split])
+    fixed = jax.tree.map(lambda *fs: jnp.stack(fs), *[f for _, f in split])
     meta = tuple(tuple(_fixed_meta(s) for s in ss) for ss in subs)
     return Stacked(params, fixed, kind, meta)
 
@@ -184,7 +187,7 @@ def stack_blocks(blocks: Sequence) -> Stacked:
         return _stack_containers(blocks)
     cls = type(blocks[0])
     names = fixed_fields(cls)
-    meta = tuple({n: tuple(int(c) for c in getattr(b, n)) for n in names} for b in blocks) if names else None
+    meta = tuple(_fixed_meta(b) for b in blocks) if names else None
     split = [b.split_fixed() for b in blocks]
     holders = [h for h, _ in split]
     defs = {jax.tree.structure(h) for h in holders}
@@ -192,17 +195,15 @@ def stack_blocks(blocks: Sequence) -> Stacked:
     if len(defs) != 1 or len(shapes) != 1:
         raise FitError(f"blocks must have the same structure and shapes to be stacked, got shapes {sorted(shapes)}")
     params = jax.tree.map(lambda *xs: jnp.stack(xs), *holders)
-    fixed = {n: jnp.asarray(np.stack([f[n] for _, f in split])) for n in names}
+    fixed = {n: jnp.stack([f[n] for _, f in split]) for n in names}
     return Stacked(params, fixed, cls, meta)
 
 
 def unstack_blocks(st: Stacked, params=None) -> list:
     params = st.params if params is None else params
     n = jax.tree.leaves(params)[0].shape[0]
-    out = [jax.tree.map(lambda x: x[i], params) for i in range(n)]
-    if st.meta is not None:
-        out = [st.cls.join_fixed(b, m) for b, m in zip(out, st.meta)]
-    return out
+    pick = lambda t, i: jax.tree.map(lambda x: x[i], t)  # noqa: E731
+    return [st.cls.join_fixed(pick(params, i), pick(st.fixed, i)) for i in range(n)]
 
 
 def loss_fn(kind: str, pred, target):
@@ -253,14 +254,17 @@ def _build(fc: FitConfig, activation: str, cls, n_train: int, mesh=None):
 
     def layer_loss(p, fixed, x, y):
         if cdt != jnp.float32:   # the cast is inside the grad: gradients reach the f32 master params
-            p = jax.tree.map(lambda a: a.astype(cdt), p)
+            p = cast_floating(p, cdt)   # fixed fields are not in p; `fixed` stays float32 (exact)
             x = x.astype(cdt)
-            fixed = jax.tree.map(lambda a: a.astype(cdt), fixed)
         pred = cls.apply_split(p, fixed, x, act)
         return loss_fn(fc.loss, pred.astype(jnp.float32), y)
 
     def losses(params, fixed, x, y):
         return jax.vmap(layer_loss)(params, fixed, x, y)
+
+    # the holders' trainable leaves only (a container's router is frozen; fixed fields are in `fixed`)
+    value_and_grad = trainable_grad(lambda p, fixed, x, y: (lambda l: (l.sum(), l))(losses(p, fixed, x, y)),
+                                    has_aux=True)
 
     def epoch_perm(epoch):
         return jax.random.permutation(jax.random.fold_in(order_key, epoch), n_train)
@@ -272,11 +276,11 @@ def _build(fc: FitConfig, activation: str, cls, n_train: int, mesh=None):
         if mesh is not None:   # data parallel: the batch's tokens split across devices, params replicated
             tokens = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, sharding.mesh_axis(mesh)))
             xb, yb = jax.lax.with_sharding_constraint((xb, yb), tokens)
-        (_, per), grads = jax.value_and_grad(lambda p: (lambda l: (l.sum(), l))(losses(p, fixed, xb, yb)),
-                                             has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        return state._replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                              opt_state=opt_state), per
+        (_, per), grads = value_and_grad(state.params, fixed, xb, yb)
+        trainable, held = split_frozen(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, trainable)
+        params = merge_frozen(optax.apply_updates(trainable, updates), held)
+        return state._replace(step=state.step + 1, params=params, opt_state=opt_state), per
 
     @functools.partial(jax.jit, static_argnums=4)
     def train_block(state: FitState, fixed, x, y, n: int):

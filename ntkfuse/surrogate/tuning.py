@@ -3,8 +3,9 @@
 Only the compressed layers' MLP params are trained, to minimise
 (1/L) Σ_l mean_tokens ‖h_l − h_l^teacher‖², where h_l is layer l's output hidden
 state and the teacher is the uncompressed model on the same task inputs (padding
-excluded). Fusion's counts are static metadata, so they cannot change; every other
-array of `params` is returned as the very same object (bitwise unchanged).
+excluded). Only the trainable leaves of those blocks are differentiated and updated
+(`ntkfuse.frozen`): fusion's counts and MoE routers come back bitwise unchanged, and every
+other array of `params` as the very same object.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import optax
 
 from .. import validate
 from ..models import ModelConfig, check_batch, forward, get_mlp, replace_mlps
-from ..frozen import frozen_adamw
+from ..frozen import frozen_adamw, merge_frozen, split_frozen, trainable_grad
 from .collect import check_layers
 
 
@@ -59,11 +60,14 @@ def _step(cfg: ModelConfig, layers: tuple, tc: TuneConfig):
     def loss(blocks, params, teacher, batch):
         return hidden_loss(cfg, replace_mlps(params, dict(zip(layers, blocks))), teacher, batch, layers)
 
+    value_and_grad = trainable_grad(loss)
+
     @jax.jit
     def step(blocks, opt_state, params, teacher, batch):
-        val, g = jax.value_and_grad(loss)(blocks, params, teacher, batch)
-        upd, opt_state = tx.update(g, opt_state, blocks)
-        return optax.apply_updates(blocks, upd), opt_state, val
+        val, g = value_and_grad(blocks, params, teacher, batch)
+        trainable, frozen = split_frozen(blocks)
+        upd, opt_state = tx.update(g, opt_state, trainable)
+        return merge_frozen(optax.apply_updates(trainable, upd), frozen), opt_state, val
 
     return tx, step
 

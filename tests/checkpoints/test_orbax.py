@@ -1,5 +1,6 @@
-"""orbax save/restore of compressed models: tree structure (MLP kinds, static fusion
-counts, None biases) rebuilt from metadata, bit-identical outputs, errors."""
+"""orbax save/restore of compressed models: tree structure (MLP kinds, None biases, static
+fields) rebuilt from metadata, fusion counts stored as arrays, bit-identical outputs, older
+layouts (counts as JSON) still read, errors."""
 from __future__ import annotations
 
 import json
@@ -38,7 +39,8 @@ def test_roundtrip_is_bit_identical(model, tmp_path):
     assert meta2 == {**meta, "ntkfuse_version": ntkfuse.__version__}
     assert jax.tree_util.tree_structure(p2) == jax.tree_util.tree_structure(p)   # kinds, counts, Nones
     assert [type(l["mlp"]) for l in p2["layers"]] == [FusedMLP, LowRankMLP, FusedMLP]
-    assert p2["layers"][2]["mlp"].counts == p["layers"][2]["mlp"].counts and p2["layers"][0]["mlp"].b1 is None
+    assert p2["layers"][2]["mlp"].counts.dtype == np.float32 and p2["layers"][0]["mlp"].b1 is None
+    np.testing.assert_array_equal(p2["layers"][2]["mlp"].counts, p["layers"][2]["mlp"].counts)
     for a, b in zip(jax.tree_util.tree_leaves(p), jax.tree_util.tree_leaves(p2)):
         assert a.dtype == b.dtype
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -64,24 +66,49 @@ def test_save_errors(model, tmp_path):
         restore_compressed(tmp_path)
 
 
-def test_fixed_fields_stored_as_json_and_format_1_still_reads(model, tmp_path):
-    """Fixed block fields (FusedMLP.counts) go under "fixed" as JSON; a checkpoint written in
-    format /1 (fixed fields beside "fields") restores to the same tree."""
-    from ntkfuse.models.blocks import fixed_fields
+def _write_old_format(path, cfg, p, fmt):
+    """A genuine checkpoint of an older layout: fixed fields (counts) as JSON ints under "fixed"
+    (/2) or beside "fields" (/1), no counts arrays in the orbax store."""
+    import orbax.checkpoint as ocp
+    from ntkfuse.checkpoints.orbax import _encode
+    arrays = {}
+    tree = _encode(p, arrays)
+    for layer in tree["items"]["layers"]["items"]:
+        mlp = layer["items"]["mlp"]
+        fixed = mlp.pop("static")
+        if "counts" in mlp["fields"]:
+            name = mlp["fields"].pop("counts")["name"]
+            fixed["counts"] = [int(c) for c in np.asarray(arrays.pop(name))]
+        if fmt == 2:
+            mlp["fixed"] = fixed
+        else:
+            mlp.update(fixed)
+    path.mkdir()
+    with ocp.StandardCheckpointer() as ck:
+        ck.save(path / "arrays", arrays)
+    (path / "ntkfuse.json").write_text(json.dumps({"format": f"ntkfuse-compressed/{fmt}", "ntkfuse_version": "0",
+                                                   "config": cfg.to_dict(), "meta": {}, "tree": tree}))
+
+
+def test_counts_stored_as_arrays_and_older_formats_still_read(model, tmp_path):
+    """/3 keeps fixed fields (FusedMLP.counts) among the arrays and static fields under "static";
+    checkpoints of /2 and /1 (counts as JSON) restore to the same tree, bit for bit."""
     cfg, p, batch = model
     path = save_compressed(tmp_path / "ckpt", cfg, p, {})
     info = json.loads((path / "ntkfuse.json").read_text())
+    assert info["format"] == "ntkfuse-compressed/3"
     spec = info["tree"]["items"]["layers"]["items"][2]["items"]["mlp"]
-    assert spec["kind"] == "FusedMLP" and tuple(spec["fixed"]) == fixed_fields(FusedMLP) == ("counts",)
-    assert spec["fixed"]["counts"] == list(p["layers"][2]["mlp"].counts) and "counts" not in spec["fields"]
-    assert info["tree"]["items"]["layers"]["items"][1]["items"]["mlp"]["fixed"] == {}   # LowRankMLP has none
-    for layer in info["tree"]["items"]["layers"]["items"]:   # rewrite as format /1
-        mlp = layer["items"]["mlp"]
-        mlp.update(mlp.pop("fixed"))
-    info["format"] = "ntkfuse-compressed/1"
-    (path / "ntkfuse.json").write_text(json.dumps(info))
-    _, p1, _ = restore_compressed(path)
-    assert jax.tree_util.tree_structure(p1) == jax.tree_util.tree_structure(p)
+    assert spec["kind"] == "FusedMLP" and spec["static"] == {}
+    assert spec["fields"]["counts"]["t"] == "array" and spec["fields"]["counts"]["dtype"] == "float32"
+    want = np.asarray(ntkfuse.forward(cfg, p, batch).logits)
+    for fmt in (2, 1):
+        _write_old_format(tmp_path / f"v{fmt}", cfg, p, fmt)
+        _, old, _ = restore_compressed(tmp_path / f"v{fmt}")
+        assert jax.tree_util.tree_structure(old) == jax.tree_util.tree_structure(p)
+        for a, b in zip(jax.tree_util.tree_leaves(p), jax.tree_util.tree_leaves(old)):
+            assert a.dtype == b.dtype
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        assert np.array_equal(np.asarray(ntkfuse.forward(cfg, old, batch).logits), want)
     info["format"] = "ntkfuse-compressed/0"
     (path / "ntkfuse.json").write_text(json.dumps(info))
     with pytest.raises(ValueError, match="unsupported format"):

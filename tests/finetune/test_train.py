@@ -29,11 +29,12 @@ def test_decay_mask_skips_biases_and_layernorm_only():
     p = compress(cfg, p, "fusion", [1], 8, jax.random.PRNGKey(0), n_init=1)
     m = _names(decay_mask(p))
     no = sorted(k for k, v in m.items() if not v)
-    assert all(k.endswith(("['b']", ".b1", ".b2", "['bias']", "['scale']")) for k in no)
+    assert all(k.endswith(("['b']", ".b1", ".b2", "['bias']", "['scale']", ".counts")) for k in no)
     yes = sorted(k for k, v in m.items() if v)
     assert all(k.endswith(("['w']", ".w1", ".w2", "['word']", "['position']", "['token_type']")) for k in yes)
     assert "['layers'][1]['mlp'].w1" in yes and "['layers'][1]['mlp'].b1" in no   # the fused block
     assert "['embed']['ln']['scale']" in no and "['head']['out']['b']" in no
+    assert "['layers'][1]['mlp'].counts" in no   # fixed (and AdamW runs on the trainable leaves only)
     assert len(yes) + len(no) == len(jax.tree_util.tree_leaves(p))
 
 
@@ -56,31 +57,45 @@ def test_schedule_is_hf_linear_with_warmup():
 
 
 def test_fused_counts_fixed_while_everything_else_trains():
-    """A real AdamW update with weight decay on: every FusedMLP keeps its counts, the
-    optimizer state holds no counts leaf, and the centroids (and all else) move."""
+    """A real AdamW update with weight decay on: every FusedMLP keeps its counts bit for bit, the
+    optimizer state has no moment for them (by construction: AdamW runs on the trainable
+    partition), the train loss's gradient has no counts leaf, and the centroids (and all else) move."""
+    from ntkfuse.frozen import frozen_mask, trainable_grad
+    from ntkfuse.finetune.train import loss
     cfg, p = tiny()
     p = compress(cfg, p, "fusion", [0, 1], 8, jax.random.PRNGKey(0), n_init=1)
-    counts = {l: p["layers"][l]["mlp"].counts for l in (0, 1)}
-    assert fixed_fields(FusedMLP) == ("counts",) and sum(counts[0]) == cfg.intermediate
+    counts = {l: np.asarray(p["layers"][l]["mlp"].counts) for l in (0, 1)}
+    assert fixed_fields(FusedMLP) == ("counts",) and counts[0].sum() == cfg.intermediate and counts[0].max() > 1
     tok, task = WordTok(), get_task("sample:sentiment")
     data = encode(cfg, tok, sentiment(8), task, 16)
     b = {k: jnp.asarray(v) for k, v in next(batches(data, 8, (16,))).items()}
     tc = FAST.replace(warmup=0.0)
+    assert tc.weight_decay > 0
     tx, train_step, _ = steps(cfg, "classification", tc, 4)
     state = tx.init(p)
     leaves = jax.tree_util.tree_leaves(state)
     n = len(jax.tree_util.tree_leaves(p))
-    assert len(leaves) == 2 * n + sum(1 for x in leaves if x.ndim == 0)   # mu, nu per param + step counts
-    assert not any(x.dtype.kind == "i" and x.ndim == 1 for x in leaves)   # no counts array anywhere
+    n_fixed = sum(jax.tree_util.tree_leaves(frozen_mask(p)))
+    assert n_fixed == 2   # one counts leaf per fused layer
+    assert len(leaves) == 2 * (n - n_fixed) + sum(1 for x in leaves if x.ndim == 0)   # mu, nu per param + steps
+    adam = next(s for s in jax.tree_util.tree_leaves(state, is_leaf=lambda s: hasattr(s, "mu")) if hasattr(s, "mu"))
+    assert all(adam.mu["layers"][l]["mlp"].counts is None and adam.nu["layers"][l]["mlp"].counts is None
+               for l in (0, 1))
+    _, g = trainable_grad(lambda q: loss(cfg, "classification", q, b))(p)
+    assert all(g["layers"][l]["mlp"].counts is None for l in (0, 1))
+    assert len(jax.tree_util.tree_leaves(g)) == n - n_fixed
     q, state, _ = train_step(jax.tree_util.tree_map(jnp.array, p), state, b, None)
     q, state, _ = train_step(q, state, b, None)
     for l in (0, 1):
-        assert isinstance(q["layers"][l]["mlp"], FusedMLP) and q["layers"][l]["mlp"].counts == counts[l]
+        got = q["layers"][l]["mlp"]
+        assert isinstance(got, FusedMLP) and got.counts.dtype == jnp.float32
+        assert np.asarray(got.counts).tobytes() == counts[l].tobytes()   # bit-identical, weight decay on
         for name in ("w1", "b1", "w2", "b2"):
-            assert not np.array_equal(np.asarray(getattr(q["layers"][l]["mlp"], name)),
+            assert not np.array_equal(np.asarray(getattr(got, name)),
                                       np.asarray(getattr(p["layers"][l]["mlp"], name))), (l, name)
-    for a, c in zip(jax.tree_util.tree_leaves(p), jax.tree_util.tree_leaves(q)):
-        assert not np.array_equal(np.asarray(a), np.asarray(c))
+    for a, c, f in zip(jax.tree_util.tree_leaves(p), jax.tree_util.tree_leaves(q),
+                       jax.tree_util.tree_leaves(frozen_mask(p))):
+        assert np.array_equal(np.asarray(a), np.asarray(c)) == f   # all else moves
 
 
 def test_remat_changes_memory_not_numbers():

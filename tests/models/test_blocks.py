@@ -11,7 +11,8 @@ import pytest
 
 from ntkfuse.models.blocks import (MLP_KINDS, DenseMLP, FusedGatedMLP, FusedMLP, LinearMLP, LowRankLinearMLP, LowRankMLP,
                                    MoEMLP,
-                                   Probed, Probes, activation_fn, apply_mlp, count_params, fixed_fields, is_mlp)
+                                   Probed, Probes, activation_fn, apply_mlp, count_params, fixed_fields, is_mlp,
+                                   static_fields)
 from tests.models.test_gated_blocks import GATED_NAMES, make_gated
 from tests.models.test_moe_blocks import make_moe
 
@@ -79,7 +80,8 @@ def test_forward_matches_float64_maths(kind, bias, jit):
 def test_param_count_and_flops(kind):
     block = make(kind)
     n_leaves = sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(block))
-    assert block.param_count() == count_params(block) == n_leaves
+    n_fixed = sum(int(np.prod(getattr(block, n).shape)) for n in fixed_fields(block))   # counts: not parameters
+    assert block.param_count() == count_params(block) == count_params([block]) == n_leaves - n_fixed
     want_flops = {   # multiply-add = 2 FLOPs, + one per bias element, activation, fusion scaling
         "dense": 2 * D * d * 2 + D + d + D,
         "fused": 2 * k * d * 2 + k + d + k + k,
@@ -91,15 +93,22 @@ def test_param_count_and_flops(kind):
     assert block.width == {"dense": D, "fused": k, "low_rank": D, "linear": 0, "low_rank_linear": r}[kind]
 
 
-def test_fixed_fields_are_metadata_not_leaves():
-    assert fixed_fields(FusedMLP) == ("counts",)
-    assert all(fixed_fields(cls) == () for cls in MLP_KINDS if cls not in (FusedMLP, FusedGatedMLP, MoEMLP))
-    assert fixed_fields(FusedGatedMLP) == ("counts",)
+def test_fixed_fields_are_float32_leaves_that_never_train():
+    from ntkfuse.frozen import frozen_mask, split_frozen, trainable_grad
+    assert fixed_fields(FusedMLP) == ("counts",) and fixed_fields(FusedGatedMLP) == ("counts",)
+    assert all(fixed_fields(cls) == () for cls in MLP_KINDS if cls not in (FusedMLP, FusedGatedMLP))
+    assert all(static_fields(cls) == () for cls in MLP_KINDS if cls is not MoEMLP)
     f = make("fused")
+    assert f.counts.dtype == jnp.float32 and f.counts.shape == (k,)
     names = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(f)[0]]
-    assert not any("counts" in n for n in names)
-    g = jax.grad(lambda b: jnp.sum(b(jnp.ones((2, d)), activation_fn("gelu"))))(f)
-    assert g.counts == f.counts   # the gradient tree carries the same static counts, no leaf for them
+    assert any("counts" in n for n in names)   # a leaf: no treedef difference between cluster-size vectors
+    assert jax.tree_util.tree_structure(f) == jax.tree_util.tree_structure(
+        FusedMLP(f.w1, f.b1, f.w2, f.b2, (4, 3, 2, 1)))
+    assert frozen_mask(f) == FusedMLP(False, False, False, False, True)
+    loss = lambda b: jnp.sum(b(jnp.ones((2, d)), activation_fn("gelu")))   # noqa: E731
+    _, g = trainable_grad(loss)(f)
+    assert g.counts is None and split_frozen(f)[1].counts is f.counts   # no gradient is formed for the counts
+    np.testing.assert_array_equal(np.asarray(g.w1), np.asarray(jax.grad(loss)(f).w1))
 
 
 @pytest.mark.parametrize("kind", ["dense", "fused"])
@@ -141,14 +150,15 @@ def test_probe_gradients_are_token_factors(kind):
 def test_split_fixed_roundtrip_and_forward(kind):
     block = make(kind)
     holder, fixed = block.split_fixed()
-    assert fixed_fields(type(holder)) == ()   # the holder carries only trainable arrays
+    assert set(fixed) == set(fixed_fields(block))
+    assert all(getattr(holder, n) is None for n in fixed)   # the holder carries only trainable arrays
     x = _rand(6, 3, d)
     act = activation_fn("gelu")
     np.testing.assert_allclose(np.asarray(type(block).apply_split(holder, fixed, x, act)),
                                np.asarray(block(x, act)), rtol=1e-6, atol=1e-6)
-    meta = {n: getattr(block, n) for n in fixed_fields(block)}
-    back = type(block).join_fixed(holder, meta)
+    back = type(block).join_fixed(holder, fixed)
     assert type(back) is type(block) and jax.tree_util.tree_structure(back) == jax.tree_util.tree_structure(block)
+    assert all(getattr(back, n) is getattr(block, n) for n in fixed)
 
 
 def test_dense_neuron_operations():

@@ -206,14 +206,15 @@ def test_dense_with_duplicated_neurons_equals_fused_with_counts(act):
     assert fused.width == 4 and dup.width == 10
 
 
-def test_fused_counts_are_static_not_trainable():
+def test_fused_counts_are_fixed_not_trainable():
+    from ntkfuse.frozen import trainable_grad
     base = _dense(0, D=3)
     fused = FusedMLP(base.w1, base.b1, base.w2, base.b2, counts=(2, 1, 5))
     leaves = jax.tree_util.tree_leaves(fused)
-    assert len(leaves) == 4 and count_params(fused) == count_params(base)
+    assert len(leaves) == 5 and count_params(fused) == count_params(base)   # a leaf, not a parameter
     x = _normal(1, 4, 6)
-    g = jax.grad(lambda m: apply_mlp(m, x, "gelu").sum())(fused)
-    assert isinstance(g, FusedMLP) and g.counts == (2, 1, 5)
+    _, g = trainable_grad(lambda m: apply_mlp(m, x, "gelu").sum())(fused)
+    assert isinstance(g, FusedMLP) and g.counts is None
     # d/dW2[:, j] = n_j σ(...): the gradient wrt centroid j scales with n_j.
     h = jax.nn.gelu(x @ base.w1.T + base.b1, approximate=False)
     close(g.w2, jnp.broadcast_to((h * jnp.array([2.0, 1.0, 5.0])).sum(0), (6, 3)))

@@ -43,7 +43,10 @@ def _rows(batch, sl):
 
 
 def _bruteforce_G(cfg, params, batch, output):
-    """{path: float64 (N, P_leaf)}: explicit jax.jacrev of the N stacked outputs w.r.t. ALL params, in float64."""
+    """{path: float64 (N, P_leaf)}: explicit jax.jacrev of the N stacked outputs w.r.t. ALL params, in float64
+    (fixed leaves, fusion's counts, are not parameters: dropped)."""
+    from ntkfuse.frozen import frozen_mask
+    fixed = jax.tree_util.tree_leaves(frozen_mask(params, train_router=True))
     with jax.enable_x64(True):
         p64 = jax.tree_util.tree_map(lambda a: jnp.asarray(np.asarray(a, np.float64)), params)
         b = {k: jnp.asarray(v) for k, v in batch.items()}
@@ -52,7 +55,7 @@ def _bruteforce_G(cfg, params, batch, output):
         n = batch["input_ids"].shape[0]
         leaves = [np.asarray(l, np.float64).reshape(n, -1) for l in jax.tree_util.tree_leaves(jac)]
     assert not jax.config.jax_enable_x64
-    return dict(zip(ntk.selectors.leaf_paths(params), leaves))
+    return {p: g for p, g, f in zip(ntk.selectors.leaf_paths(params), leaves, fixed, strict=True) if not f}
 
 
 def _ref(G, selector, rows1=slice(None), rows2=slice(None)):
@@ -68,7 +71,7 @@ def _rel(a, b):
 
 @pytest.fixture(scope="module")
 def model():
-    """RoBERTa-shaped, 2 layers; layer 1 is a fusion block with non-trivial (static) counts."""
+    """RoBERTa-shaped, 2 layers; layer 1 is a fusion block with non-trivial counts."""
     cfg = ntkfuse.ModelConfig(family="roberta", vocab_size=50, hidden=16, intermediate=24, num_layers=2,
                               num_heads=2, max_positions=40, type_vocab_size=1, pad_token_id=1, num_labels=3)
     params = _params(cfg, 0, 6.0)
@@ -245,14 +248,19 @@ def test_selectors_pick_exact_leaves(model):
     assert ntk.mlp_layers(1).paths(params) == mlp(1)
     assert ntk.all_mlps().paths(params) == mlp(0) + mlp(1)
     all_paths = ntk.all_params().paths(params)
-    assert len(all_paths) == len(jax.tree_util.tree_leaves(params))
+    assert len(all_paths) == len(jax.tree_util.tree_leaves(params)) - 1   # all but the fused counts
     assert ("embed", "word") in all_paths and ("layers", 0, "attn", "qkv", "w") in all_paths
-    assert not any(p[-1] == "counts" for p in all_paths)   # fused counts are static, never a leaf
+    assert ("layers", 1, "mlp", "counts") in ntk.selectors.leaf_paths(params)   # a leaf ...
+    assert not any(p[-1] == "counts" for p in all_paths)                        # ... never a parameter
+    for s in (ntk.all_params(), ntk.all_mlps(), ntk.mlp_layers(1), ntk.by_path(lambda p: p[-1] == "counts" or
+                                                                                    p[0] == "head")):
+        sel_, rest_ = s.split(params)
+        assert sel_["layers"][1]["mlp"].counts is None and rest_["layers"][1]["mlp"].counts is not None
     assert ntk.by_path(lambda p: p[0] == "head").paths(params) == [
         ("head", "dense", "b"), ("head", "dense", "w"), ("head", "out", "b"), ("head", "out", "w")]
     sel, rest = ntk.mlp_layers(0).split(params)
     assert sum(x.size for x in jax.tree_util.tree_leaves(sel)) == 2 * 16 * 24 + 24 + 16
-    assert len(jax.tree_util.tree_leaves(sel)) + len(jax.tree_util.tree_leaves(rest)) == len(all_paths)
+    assert len(jax.tree_util.tree_leaves(sel)) + len(jax.tree_util.tree_leaves(rest)) == len(all_paths) + 1
     merged = ntk.Selector.merge(sel, rest)
     assert jax.tree_util.tree_structure(merged) == jax.tree_util.tree_structure(params)
     assert all(a is b for a, b in zip(jax.tree_util.tree_leaves(merged), jax.tree_util.tree_leaves(params)))
@@ -271,6 +279,42 @@ def test_fused_counts_one_equals_dense(model):
     b = ntk.kernels(cfg, ones, batch, kinds=("ntk", "sign"), selector=sel, strategy="full")
     for k in a:
         np.testing.assert_allclose(b[k], a[k], rtol=1e-6, atol=1e-9)
+
+
+OTHER_COUNTS = (3, 1, 1, 2, 1, 4, 2, 1, 1, 1)   # the fixture's sizes permuted: same shapes, same total
+
+
+def test_cluster_sizes_share_one_compiled_program(model):
+    """Issue 12: two fusion results of the same shapes but different cluster sizes run through ONE
+    compiled program per strategy (the counts are arguments, not constants or treedef metadata),
+    and each kernel equals its own float64 reference."""
+    km = ntk.kernels_module
+    cfg, params, batch, G, full = model
+    m = params["layers"][1]["mlp"]
+    other = replace_mlps(params, {1: FusedMLP(m.w1, m.b1, m.w2, m.b2, counts=OTHER_COUNTS)})
+    assert jax.tree_util.tree_structure(other) == jax.tree_util.tree_structure(params)
+    ref = _ref(_bruteforce_G(cfg, other, batch, ntk.class_prob(0)), ntk.all_mlps())
+    calls = {"full": (km._kernels_explicit, dict(kinds=KINDS)),
+             "tokens": (km._kernels_tokens, dict(kinds=("ntk",))),
+             "layers": (km._layer_gram, dict(kinds=KINDS, memory_budget_bytes=2**30))}
+    for strategy, (fn, kw) in calls.items():
+        first = ntk.kernels(cfg, params, batch, strategy=strategy, **kw)
+        size = fn._cache_size()
+        got = ntk.kernels(cfg, other, batch, strategy=strategy, **kw)
+        assert fn._cache_size() == size, strategy   # no recompile for the new cluster sizes
+        for k in kw["kinds"]:
+            np.testing.assert_allclose(first[k], full[k], rtol=2e-5, atol=1e-8)
+            assert _rel(got[k], ref[k]) < 2e-5, (strategy, k)
+            assert _rel(got[k], full[k]) > 1e-3, (strategy, k)   # the counts do change the kernel
+    # the output error and a jitted forward: one program for both
+    from ntkfuse.ntk import metrics
+    assert ntk.output_error(cfg, params, params, [batch], layer=2)["layer"] == 0
+    size = metrics._outputs._cache_size()
+    err = ntk.output_error(cfg, params, other, [batch], layer=2)
+    assert metrics._outputs._cache_size() == size and err["layer"] > 0
+    fwd = jax.jit(lambda p: ntkfuse.forward(cfg, p, batch).logits)
+    a, b = fwd(params), fwd(other)
+    assert fwd._cache_size() == 1 and not np.array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_bfloat16_compute_is_close(model):

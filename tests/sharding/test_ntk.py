@@ -84,3 +84,16 @@ def test_layers_strategy_matches_one_device():
     plans = list(check("layers", variants))
     assert plans[-1].d_chunks == (6, 6) and plans[-1].chunk == 1, plans[-1]
     """))
+
+
+def test_fused_block_matches_one_device():
+    """A fusion block (counts a fixed leaf, replicated with the params) under the sharded "full" and
+    "layers" strategies: the same kernels as one device."""
+    print(run_on_8_devices(_SETUP + """
+    from ntkfuse.models import FusedMLP
+    m = ntkfuse.get_mlp(params, 1)
+    params = ntkfuse.replace_mlps(params, {1: FusedMLP(m.w1[:6], m.b1[:6], m.w2[:, :6] / 2, m.b2, (1, 2, 3, 1, 2, 3))})
+    assert ntk.all_mlps().split(params)[1]["layers"][1]["mlp"].counts is not None   # never selected
+    for strategy in ("full", "layers"):
+        list(check(strategy, (dict(), dict(batch2=b2))))
+    """))

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import jax
 
-from .base import (NEURON_TOKEN_GRADS, Block, NeuronView, Probes, activation_fn, block_kind, fixed_fields, lin,
-                   neuron_forward)
+from .base import (FIXED, FIXED_DTYPE, NEURON_TOKEN_GRADS, ROUTER, STATIC, Block, NeuronView, Probes, activation_fn,
+                   as_fixed, block_kind, fixed_fields, lin, neuron_forward, static_fields)
 from .dense import DenseMLP
 from .fused import FusedMLP
 from .gated import FusedGatedMLP, GatedMLP
@@ -36,13 +36,15 @@ def apply_mlp(block, x: jax.Array, activation: str) -> jax.Array:
 
 
 def count_params(block) -> int:
-    """Trainable parameters of a block or any tree of them (fixed fields are not parameters)."""
+    """Parameters of a block or any tree of them (fixed fields are not parameters)."""
     if is_mlp(block):
         return block.param_count()
-    return int(sum(x.size for x in jax.tree_util.tree_leaves(block)))
+    from ...frozen import split_frozen   # frozen.py imports this package
+    return int(sum(x.size for x in jax.tree_util.tree_leaves(split_frozen(block, train_router=True)[0])))
 
 
-__all__ = ["Block", "block_kind", "fixed_fields", "activation_fn", "lin", "NeuronView", "Probes", "neuron_forward",
+__all__ = ["Block", "block_kind", "fixed_fields", "static_fields", "as_fixed", "FIXED", "ROUTER", "STATIC", "FIXED_DTYPE",
+           "activation_fn", "lin", "NeuronView", "Probes", "neuron_forward",
            "NEURON_TOKEN_GRADS", "DenseMLP", "FusedMLP", "LowRankMLP", "LinearMLP", "LowRankLinearMLP", "GatedMLP",
            "FusedGatedMLP", "LowRankGatedMLP", "MoEMLP", "Probed",
            "MLP_KINDS", "KINDS_BY_NAME", "is_mlp", "apply_mlp", "count_params"]

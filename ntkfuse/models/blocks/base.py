@@ -1,9 +1,15 @@
 """The block protocol: what every MLP kind provides, so that no other module tests types.
 
-A block is a frozen dataclass registered as a JAX pytree (`block_kind`). Its
-trainable arrays are pytree children; a field declared
-`dataclasses.field(metadata={"fixed": True})` is static metadata (never a leaf, so no
-gradient, optimizer or weight decay can reach it: fusion's cluster sizes).
+A block is a frozen dataclass registered as a JAX pytree (`block_kind`). Every array
+is a pytree leaf; field metadata says which leaves do not train:
+
+- `FIXED` (`metadata={"fixed": True}`): a float32 array that is part of the function but
+  never trained (fusion's cluster sizes n). A leaf, not treedef metadata, so blocks whose
+  fixed values differ share one compiled program; `ntkfuse.frozen.frozen_mask` names these
+  leaves for every consumer (gradients, optimizers, NTK selectors, accounting, casts).
+- `ROUTER` (`metadata={"router": True}`): an MoE router, frozen unless asked (`train_router`).
+- `STATIC` (`metadata={"static": True}`): a hashable Python value in the treedef (an MoE's
+  top_k), for what must be known at trace time.
 
 Kinds that are a bundle of sub-MLPs (METHOD.md §1) expose a `NeuronView`
 y = W2 (s ⊙ σ(W1 x + b1)) + b2 with an optional fixed per-neuron scale s, and share ONE
@@ -19,6 +25,7 @@ from typing import Callable, ClassVar, Mapping, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 
@@ -37,17 +44,36 @@ def activation_fn(name: str) -> Callable[[Array], Array]:
     raise ValueError(f"unknown activation {name!r}; known: gelu, gelu_tanh, relu, silu, identity")
 
 
+FIXED = {"fixed": True}
+ROUTER = {"router": True}
+STATIC = {"static": True}
+# Fixed arrays are float32: cluster sizes are integers ≤ D, exact in float32 up to 2²⁴ (bfloat16 is
+# exact only up to 256), and a float leaf passes through jax.grad, optax and orbax like any other.
+FIXED_DTYPE = jnp.float32
+
+
 def fixed_fields(block_or_cls) -> tuple:
-    """Names of a kind's fixed fields (static metadata, never trained)."""
+    """Names of a kind's fixed fields: float32 array leaves that are never trained."""
     return tuple(f.name for f in dataclasses.fields(block_or_cls) if f.metadata.get("fixed"))
 
 
+def static_fields(block_or_cls) -> tuple:
+    """Names of a kind's static fields: hashable values kept in the pytree's treedef."""
+    return tuple(f.name for f in dataclasses.fields(block_or_cls) if f.metadata.get("static"))
+
+
+def as_fixed(values) -> Array:
+    """A fixed field's value as a float32 array (`FIXED_DTYPE`)."""
+    return jnp.asarray(np.asarray(values), FIXED_DTYPE)
+
+
 def block_kind(cls):
-    """Class decorator: a frozen dataclass and a pytree whose fixed fields are metadata."""
+    """Class decorator: a frozen dataclass and a pytree whose static fields are treedef metadata
+    (every other field, fixed ones included, is a child)."""
     cls = dataclasses.dataclass(frozen=True)(cls)
-    fixed = fixed_fields(cls)
-    data = [f.name for f in dataclasses.fields(cls) if f.name not in fixed]
-    jax.tree_util.register_dataclass(cls, data_fields=data, meta_fields=list(fixed))
+    static = static_fields(cls)
+    data = [f.name for f in dataclasses.fields(cls) if f.name not in static]
+    jax.tree_util.register_dataclass(cls, data_fields=data, meta_fields=list(static))
     return cls
 
 
@@ -148,8 +174,9 @@ class Block:
         return None
 
     def param_count(self) -> int:
-        """Trainable parameters (fixed fields are not parameters)."""
-        return int(sum(x.size for x in jax.tree_util.tree_leaves(self)))
+        """Parameters: every leaf but the fixed fields (a router counts: it is a weight)."""
+        from ...frozen import split_frozen   # frozen.py imports the block kinds
+        return int(sum(x.size for x in jax.tree_util.tree_leaves(split_frozen(self, train_router=True)[0])))
 
     def flops_per_token(self) -> int:
         """FLOPs for one token (multiply-add = 2, plus one per bias add, activation, scaling)."""
@@ -181,20 +208,25 @@ class Block:
     # ---- stacking blocks of one kind across layers (vmapped fitting)
 
     def split_fixed(self) -> tuple:
-        """(holder, fixed): a pytree with only this block's trainable arrays, and the fixed
-        fields as float32 arrays, so blocks whose fixed values differ can be stacked."""
-        return self, {}
+        """(holder, fixed): this block with its fixed fields set to None (only arrays that
+        train), and {fixed field: array}, so that a fit differentiates the holder alone."""
+        names = fixed_fields(self)
+        if not names:
+            return self, {}
+        return (dataclasses.replace(self, **{n: None for n in names}),
+                {n: getattr(self, n) for n in names})
 
     @classmethod
     def apply_split(cls, holder, fixed: dict, x: Array, act: Callable) -> Array:
         """Forward of a `split_fixed` pair (with `fixed` possibly traced/stacked)."""
-        return holder(x, act)
+        return cls.join_fixed(holder, fixed)(x, act)
 
     @classmethod
-    def join_fixed(cls, holder, fixed_meta: dict):
-        """Inverse of `split_fixed` given the original (static) fixed values."""
-        return holder
+    def join_fixed(cls, holder, fixed: dict):
+        """Inverse of `split_fixed`: the holder with its fixed fields put back."""
+        return dataclasses.replace(holder, **fixed) if fixed else holder
 
 
-__all__ = ["Block", "block_kind", "fixed_fields", "activation_fn", "lin", "NeuronView", "Probes", "tap",
+__all__ = ["Block", "block_kind", "fixed_fields", "static_fields", "as_fixed", "FIXED", "ROUTER", "STATIC",
+           "FIXED_DTYPE", "activation_fn", "lin", "NeuronView", "Probes", "tap",
            "neuron_forward", "NEURON_TOKEN_GRADS"]

@@ -12,9 +12,8 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from .base import Block, block_kind
+from .base import FIXED, Block, as_fixed, block_kind
 from .low_rank_gated import LowRankGatedMLP
 
 Array = jax.Array
@@ -113,20 +112,24 @@ class FusedGatedMLP(Block):
     w_gate: Array             # (k, d)
     w_up: Array               # (k, d)
     w_down: Array             # (d, k)
-    counts: tuple = dataclasses.field(metadata={"fixed": True})   # (k,) ints: fixed, never trained
+    counts: Array = dataclasses.field(metadata=FIXED)   # (k,) float32 cluster sizes: fixed, never trained
 
     kind = "fused_gated"
 
+    def __post_init__(self):
+        if isinstance(self.counts, (tuple, list)):   # sizes given as numbers: the float32 leaf
+            object.__setattr__(self, "counts", as_fixed(self.counts))
+
     @classmethod
     def from_neurons(cls, block: GatedMLP, M: Array, counts) -> "FusedGatedMLP":
-        return cls(*block.split_neurons(M), tuple(int(c) for c in np.asarray(counts)))
+        return cls(*block.split_neurons(M), as_fixed(counts))
 
     @property
     def width(self) -> int:
         return self.w_gate.shape[0]
 
     def scale(self, dtype=jnp.float32) -> Array:
-        return jnp.asarray(self.counts, dtype=dtype)
+        return self.counts.astype(dtype)
 
     def __call__(self, x: Array, act: Callable) -> Array:
         return gated_forward(self.w_gate, self.w_up, self.w_down, x, act, self.scale())
@@ -137,17 +140,6 @@ class FusedGatedMLP(Block):
     def fold(self) -> GatedMLP:
         """Inference-only export: diag(n) folded into W_down. Do not train the result as fusion."""
         return GatedMLP(self.w_gate, self.w_up, self.w_down * self.scale(self.w_down.dtype)[None, :])
-
-    def split_fixed(self) -> tuple:
-        return GatedMLP(self.w_gate, self.w_up, self.w_down), {"counts": np.asarray(self.counts, np.float32)}
-
-    @classmethod
-    def apply_split(cls, holder, fixed: dict, x: Array, act: Callable) -> Array:
-        return gated_forward(holder.w_gate, holder.w_up, holder.w_down, x, act, fixed["counts"])
-
-    @classmethod
-    def join_fixed(cls, holder, fixed_meta: dict) -> "FusedGatedMLP":
-        return cls(holder.w_gate, holder.w_up, holder.w_down, tuple(fixed_meta["counts"]))
 
 
 __all__ = ["GatedMLP", "FusedGatedMLP", "gated_forward"]

@@ -35,7 +35,7 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
-from .base import Block, block_kind
+from .base import ROUTER, STATIC, Block, block_kind
 
 Array = jax.Array
 
@@ -78,11 +78,11 @@ def switch_route(router: Array, x: Array, capacity=None) -> tuple:
 
 @block_kind
 class MoEMLP(Block):
-    router: Array             # (E, d), bias-free
-    experts: tuple            # E blocks, each mapping d -> d
-    top_k: int = dataclasses.field(metadata={"fixed": True})   # experts per token: static
-    rule: str = dataclasses.field(default="topk", metadata={"fixed": True})   # routing rule: a ROUTINGS entry
-    capacity: Optional[int] = dataclasses.field(default=None, metadata={"fixed": True})  # "switch": tokens
+    router: Array = dataclasses.field(metadata=ROUTER)   # (E, d), bias-free; frozen unless train_router
+    experts: tuple = dataclasses.field()                 # E blocks, each mapping d -> d
+    top_k: int = dataclasses.field(metadata=STATIC)      # experts per token: in the treedef
+    rule: str = dataclasses.field(default="topk", metadata=STATIC)   # routing rule: a ROUTINGS entry
+    capacity: Optional[int] = dataclasses.field(default=None, metadata=STATIC)  # "switch": tokens
     #                                                   per expert per sequence; None: unlimited
 
     kind = "moe"
@@ -136,7 +136,7 @@ class MoEMLP(Block):
     # ---- accounting
 
     def param_count(self) -> int:
-        """Router plus every expert's trainable parameters (fixed fields are not parameters)."""
+        """Router plus every expert's parameters (fixed fields are not parameters)."""
         return int(self.router.size) + sum(self.expert_param_counts())
 
     def expert_param_counts(self) -> tuple:
