@@ -55,10 +55,13 @@ class Selector:
     """Picks the leaves whose normalised path satisfies the rule.
 
     kind: "mlp_layers" (MLP leaves of `layers`), "all_mlps", "all", "path" (`predicate`).
+    train_router: MoE routers are selected too (default False: the kernel is the one of the
+    parameters fine-tuning trains, and fine-tuning keeps routers frozen unless asked).
     """
     kind: str
     layers: Optional[tuple] = None
     predicate: Optional[Callable[[tuple], bool]] = None
+    train_router: bool = False
 
     def __call__(self, path: tuple) -> bool:
         if self.kind == "all":
@@ -73,8 +76,9 @@ class Selector:
         raise SelectorError(f"unknown selector kind {self.kind!r}; known: mlp_layers, all_mlps, all, path")
 
     def mask(self, params):
-        """Pytree of bools, True where a leaf is selected (never a fixed block field)."""
-        fixed = frozen_mask(params, train_router=True)
+        """Pytree of bools, True where a leaf is selected (never a fixed block field, never an MoE
+        router unless `train_router`)."""
+        fixed = frozen_mask(params, train_router=self.train_router)
         return jax.tree_util.tree_map_with_path(lambda p, _, f: not f and self(normalise_path(p)), params, fixed)
 
     def validate(self, params) -> None:
@@ -104,36 +108,39 @@ class Selector:
         return [p for p, m in zip(leaf_paths(params), jax.tree_util.tree_leaves(self.mask(params))) if m]
 
 
-def mlp_layers(layers) -> Selector:
-    """MLP parameters (every leaf of the block: w1, b1, w2, b2, factors...) of the given layers."""
+def mlp_layers(layers, *, train_router: bool = False) -> Selector:
+    """MLP parameters (every leaf of the block: w1, b1, w2, b2, factors...) of the given layers
+    (an MoE block's router only with `train_router`)."""
     if isinstance(layers, int):
         layers = (layers,)
     layers = tuple(int(l) for l in layers)
     if not layers:
         raise SelectorError("mlp_layers() needs at least one layer index")
-    return Selector("mlp_layers", layers=layers)
+    return Selector("mlp_layers", layers=layers, train_router=train_router)
 
 
-def all_mlps() -> Selector:
-    """Every MLP block's parameters."""
-    return Selector("all_mlps")
+def all_mlps(*, train_router: bool = False) -> Selector:
+    """Every MLP block's parameters (routers only with `train_router`)."""
+    return Selector("all_mlps", train_router=train_router)
 
 
-def all_params() -> Selector:
-    """Every parameter of the model (embeddings, attention, LayerNorms, MLPs, head)."""
-    return Selector("all")
+def all_params(*, train_router: bool = False) -> Selector:
+    """Every parameter of the model (embeddings, attention, LayerNorms, MLPs, head; routers only
+    with `train_router`)."""
+    return Selector("all", train_router=train_router)
 
 
-def by_path(predicate: Callable[[tuple], bool]) -> Selector:
-    """Leaves whose normalised path (tuple of str/int) satisfies `predicate`."""
+def by_path(predicate: Callable[[tuple], bool], *, train_router: bool = False) -> Selector:
+    """Leaves whose normalised path (tuple of str/int) satisfies `predicate` (routers only with
+    `train_router`)."""
     if not callable(predicate):
         raise SelectorError(f"by_path needs a callable on path tuples, got {type(predicate).__name__}")
-    return Selector("path", predicate=predicate)
+    return Selector("path", predicate=predicate, train_router=train_router)
 
 
 def restrict(selector: Selector, paths) -> Selector:
     """Selector of `selector`'s leaves that are also in `paths` (used for parameter blocks)."""
-    return by_path(_InSet(frozenset(p for p in paths if selector(p))))
+    return by_path(_InSet(frozenset(p for p in paths if selector(p))), train_router=selector.train_router)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -242,6 +242,23 @@ def test_ntk_on_tiny_mixtral_uses_explicit_gradients(checkpoints):
     with pytest.raises(NTKConfigError, match="strategy 'tokens'"):
         kernels(loaded.cfg, loaded.params, batch, output=target_logprob(), selector=mlp_layers([1]),
                 kinds=("ntk",), strategy="tokens")
+    # The router is frozen in fine-tuning, so the default kernel leaves it out: it equals the sum of
+    # the experts' per-leaf kernels, and asking for the router adds its (non-zero) Gram.
+    from ntkfuse.ntk import by_path, per_example_grads
+    sel = mlp_layers([1])
+    assert not any("router" in p for p in sel.paths(loaded.params))
+    assert any("router" in p for p in mlp_layers([1], train_router=True).paths(loaded.params))
+    experts = by_path(lambda p: p[:3] == ("layers", 1, "mlp") and "experts" in p)
+    K_exp = np.asarray(kernels(loaded.cfg, loaded.params, batch, output=target_logprob(), selector=experts)["ntk"])
+    np.testing.assert_allclose(K, K_exp, rtol=1e-5, atol=1e-7 * np.abs(K).max())
+    K_r = np.asarray(kernels(loaded.cfg, loaded.params, batch, output=target_logprob(),
+                             selector=mlp_layers([1], train_router=True))["ntk"])
+    g = per_example_grads(loaded.cfg, loaded.params, batch, output=target_logprob(),
+                          selector=by_path(lambda p: p[:3] == ("layers", 1, "mlp") and p[-1] == "router",
+                                           train_router=True))
+    gr = np.asarray(g["layers"][1]["mlp"].router, np.float64).reshape(3, -1)
+    assert np.abs(gr).max() > 0
+    np.testing.assert_allclose(K_r, K + gr @ gr.T, rtol=1e-4, atol=1e-6 * np.abs(K_r).max())
 
 
 def test_ntk_compare_cli_on_tiny_mixtral(tmp_path, capsys):
