@@ -33,3 +33,23 @@ def hf_outputs(model, batch) -> tuple:
         out = model(**{k: torch.from_numpy(v.astype(np.int64)) for k, v in batch.items()}, output_hidden_states=True)
     f = lambda t: t.float().numpy()  # noqa: E731
     return f(out.logits), [f(h) for h in out.hidden_states]
+
+
+def compare_two_methods(model_dir, tmp_path, capsys) -> dict:
+    """`ntk_compare` with fusion and prune on a tiny local checkpoint (4 examples × 16 tokens,
+    width 8): its results.json after checking it ran, both methods are there and each kernel
+    error is finite and non-zero."""
+    import json
+
+    from ntkfuse.cli import compare_main
+    out = tmp_path / "run"
+    rc = compare_main(["--model", str(model_dir), "--methods", "fusion,prune", "--width", "8", "--n-examples", "4",
+                       "--max-length", "16", "--n-init", "1", "--seeds", "0", "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    res = json.loads((out / "results.json").read_text())
+    assert [r["method"] for r in res["results"]] == ["fusion", "prune"]
+    assert res["config"]["output"] == "target-logprob"
+    for r in res["results"]:
+        assert np.isfinite(r["ntk_rel"]) and r["ntk_rel"] > 0
+    return res

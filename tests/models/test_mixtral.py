@@ -19,7 +19,7 @@ import pytest
 import ntkfuse
 from ntkfuse.models import ModelConfig
 from ntkfuse.models.blocks import FusedGatedMLP, GatedMLP, MoEMLP
-from tests.models.hf_decoders import hf_outputs, padded_batch, save_variants
+from tests.models.hf_decoders import compare_two_methods, hf_outputs, padded_batch, save_variants
 from tests.models.test_parity import rel_err
 
 torch = pytest.importorskip("torch")
@@ -262,7 +262,6 @@ def test_ntk_on_tiny_mixtral_uses_explicit_gradients(checkpoints):
 
 
 def test_ntk_compare_cli_on_tiny_mixtral(tmp_path, capsys):
-    from ntkfuse.cli import compare_main
     from tests.experiments.conftest import _tokenizer
     d = tmp_path / "mixtral"
     d.mkdir()
@@ -271,13 +270,4 @@ def test_ntk_compare_cli_on_tiny_mixtral(tmp_path, capsys):
     cfg = transformers.MixtralConfig(**{**BASE, "vocab_size": V, "pad_token_id": None, "bos_token_id": 0,
                                         "eos_token_id": 0})
     transformers.MixtralForCausalLM(cfg).save_pretrained(d)
-    out = tmp_path / "run"
-    rc = compare_main(["--model", str(d), "--methods", "fusion,prune", "--width", "8", "--n-examples", "4",
-                       "--max-length", "16", "--n-init", "1", "--seeds", "0", "--out", str(out), "--no-progress"])
-    err = capsys.readouterr().err
-    assert rc == 0, err
-    res = json.loads((out / "results.json").read_text())
-    assert [r["method"] for r in res["results"]] == ["fusion", "prune"]
-    assert res["config"]["output"] == "target-logprob"
-    for r in res["results"]:
-        assert np.isfinite(r["ntk_rel"]) and r["ntk_rel"] > 0
+    compare_two_methods(d, tmp_path, capsys)

@@ -22,7 +22,7 @@ import ntkfuse
 from ntkfuse.models import ModelConfig, UnsupportedModelError
 from ntkfuse.models.blocks import DenseMLP, FusedMLP, MoEMLP
 from ntkfuse.models.families import switch
-from tests.models.hf_decoders import save_variants
+from tests.models.hf_decoders import compare_two_methods, save_variants
 from tests.models.test_parity import rel_err
 
 torch = pytest.importorskip("torch")
@@ -388,7 +388,6 @@ def test_output_error_uses_each_side_mask(checkpoints):
 
 
 def test_ntk_compare_cli_on_tiny_switch(tmp_path, capsys):
-    from ntkfuse.cli import compare_main
     from ntkfuse.data import load_examples, make_batch
     from tests.experiments.conftest import _tokenizer
     d = tmp_path / "switch"
@@ -402,13 +401,5 @@ def test_ntk_compare_cli_on_tiny_switch(tmp_path, capsys):
     b = make_batch(loaded.cfg, loaded.tokenizer, load_examples("sample:webnlg", 2), 16)
     assert set(b) == {"input_ids", "attention_mask", "decoder_input_ids", "decoder_attention_mask", "target_mask"}
     assert (b["decoder_input_ids"][:, 0] == 1).all() and (b["target_mask"][:, 0] == 0).all()
-    out = tmp_path / "run"
-    rc = compare_main(["--model", str(d), "--methods", "fusion,prune", "--width", "8", "--n-examples", "4",
-                       "--max-length", "16", "--n-init", "1", "--seeds", "0", "--out", str(out), "--no-progress"])
-    err = capsys.readouterr().err
-    assert rc == 0, err
-    res = json.loads((out / "results.json").read_text())
-    assert [r["method"] for r in res["results"]] == ["fusion", "prune"]
-    assert res["config"]["output"] == "target-logprob" and res["config"]["data"] == "sample:webnlg"
-    for r in res["results"]:
-        assert np.isfinite(r["ntk_rel"]) and r["ntk_rel"] > 0
+    res = compare_two_methods(d, tmp_path, capsys)
+    assert res["config"]["data"] == "sample:webnlg"
