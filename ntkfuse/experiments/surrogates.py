@@ -216,13 +216,48 @@ def check_model(c: SurrogatesConfig, checked: Checked, cfg, params=None) -> tupl
 
 
 def block_error(blocks, x, y, activation) -> list:
-    """Mean over tokens of ‖ŷ − y‖₂ for each layer (x, y: (L, N, d))."""
+    """Mean over tokens of ‖ŷ − y‖₂ for each layer (x, y: (L, N, d); a capacity-bound MoE block
+    without its capacity: its pairs are the tokens it dispatched, `surrogate.collect`)."""
     import jax
     import jax.numpy as jnp
     from ..models import activation_fn
+    from ..surrogate.collect import without_capacity
     act = activation_fn(activation)
     f = jax.jit(lambda b, xx, yy: jnp.mean(jnp.linalg.norm(b(xx, act) - yy, axis=-1)))
-    return [float(f(b, jnp.asarray(x[i]), jnp.asarray(y[i]))) for i, b in enumerate(blocks)]
+    return [float(f(without_capacity(b), jnp.asarray(x[i]), jnp.asarray(y[i]))) for i, b in enumerate(blocks)]
+
+
+def token_groups(pairs: dict, layers: Sequence[int]) -> list:
+    """[(X (L_g, N, d), Y, layers of the group)]: the chosen layers grouped by token count, in
+    order of first appearance, so each group stacks (an encoder-decoder's sides differ, and a
+    capacity-bound MoE layer keeps only its dispatched tokens). One group for a model whose
+    layers all see the same tokens: the stacked pairs of before."""
+    import numpy as np
+    by_n: dict = {}
+    for l in layers:
+        by_n.setdefault(len(pairs[l][0]), []).append(l)
+    return [(np.stack([pairs[l][0] for l in gl]), np.stack([pairs[l][1] for l in gl]), tuple(gl))
+            for gl in by_n.values()]
+
+
+def heldout_error(blocks: dict, groups: list, splits: list, layers: Sequence[int], activation) -> list:
+    """`block_error` of {layer: block} on each group's held-out tokens, in the order of `layers`."""
+    err = {}
+    for (X, Y, gl), (_, ho) in zip(groups, splits):
+        err.update(zip(gl, block_error([blocks[l] for l in gl], X[:, ho], Y[:, ho], activation)))
+    return [err[l] for l in layers]
+
+
+def fit_layers(blocks: list, X, Y, fc, activation: str, checkpoint_dir: str) -> tuple:
+    """Fit blocks of layers sharing tokens: stacked in one `fit_blocks` when they have one kind and
+    shape, else `fit_grouped` (an encoder-decoder's dense and MoE layers). Returns (blocks, steps)."""
+    from ..surrogate import fit_blocks, fit_grouped
+    from ..surrogate.fit import _group_key
+    if len({_group_key(b) for b in blocks}) == 1:
+        res = fit_blocks(blocks, X, Y, fc, activation, checkpoint_dir=checkpoint_dir)
+        return res.blocks, int(res.state.step)
+    fitted, results = fit_grouped(blocks, X, Y, fc, activation, checkpoint_dir=checkpoint_dir)
+    return fitted, max(int(r.state.step) for r in results.values())
 
 
 def run(c: SurrogatesConfig, out: str | Path, *, progress: bool = True, fresh: bool = False,
@@ -247,7 +282,7 @@ def run(c: SurrogatesConfig, out: str | Path, *, progress: bool = True, fresh: b
     from ..data import load_examples
     from ..data.batching import make_batch
     from ..ntk import kernels, mlp_layers, ntk_error, output_error
-    from ..surrogate import FitConfig, collect_pairs, fit_blocks, init_surrogates
+    from ..surrogate import FitConfig, collect_layer_pairs, init_surrogates
     from ..surrogate.fit import _split
 
     examples = None
@@ -260,10 +295,6 @@ def run(c: SurrogatesConfig, out: str | Path, *, progress: bool = True, fresh: b
         cfg, params, _, tok = ntkfuse.load(c.model)
     except Exception as e:
         raise E(f"--model {c.model!r}: {e}") from None
-    if cfg.is_encoder_decoder:
-        # activation collection, sensitivity and layer-wise tuning treat a batch as one token sequence
-        raise E(f"--model {c.model!r}: fit_surrogates does not support encoder-decoder models ({cfg.family}) yet; "
-                "ntk_compare and ntkfuse.compress do")
     c = resolve(c, cfg)
     layers = check_model(c, checked, cfg, params)
     if examples is None:
@@ -283,10 +314,12 @@ def run(c: SurrogatesConfig, out: str | Path, *, progress: bool = True, fresh: b
     store = open_store(out, run_hash, {**dataclasses.asdict(c), "layers": list(layers), "kinds": list(checked.kinds)},
                        tool="fit_surrogates", fresh=fresh, rows="parts", caches=("ckpt",), error=E)
     t0 = time.time()
-    X, Y = collect_pairs(cfg, params, batches, layers, c.max_tokens)
-    log(f"collected {X.shape[1]} tokens x {len(layers)} layers from {len(examples)} examples "
+    pairs = collect_layer_pairs(cfg, params, batches, layers, c.max_tokens)
+    groups = token_groups(pairs, layers)
+    log(f"collected {', '.join(str(X.shape[1]) for X, _, _ in groups)} tokens x "
+        f"{', '.join(str(len(g)) for _, _, g in groups)} layers from {len(examples)} examples "
         f"in {time.time() - t0:.1f}s")
-    tr, ho = _split(jax.random.PRNGKey(fc.seed), X.shape[1], fc.holdout)
+    splits = [_split(jax.random.PRNGKey(fc.seed), X.shape[1], fc.holdout) for X, _, _ in groups]
     teachers = [ntkfuse.get_mlp(params, l) for l in layers]
     ntk_batch = make_batch(cfg, tok, examples[:c.ntk_examples], c.max_length) if c.ntk_examples else None
     sel = mlp_layers(layers)
@@ -295,7 +328,7 @@ def run(c: SurrogatesConfig, out: str | Path, *, progress: bool = True, fresh: b
 
     def model_metrics(blocks):
         new = ntkfuse.replace_mlps(params, dict(zip(layers, blocks)))
-        err = output_error(cfg, params, new, batches, max(layers) + 1)
+        err = output_error(cfg, params, new, batches, cfg.hidden_state_index(max(layers)))
         m = {"output_error": err["layer"], "logit_error": err["logits"]}
         if K_ref is not None:
             K = kernels(cfg, new, ntk_batch, output=out_fn, selector=sel)
@@ -314,23 +347,36 @@ def run(c: SurrogatesConfig, out: str | Path, *, progress: bool = True, fresh: b
             continue
         t0 = time.time()
         key = kind_key(c.seed, kind)
-        if kind.startswith("bottleneck-"):
-            method = kind.split("-", 1)[1]
-            opts = {"n_init": c.n_init} if method in ("fusion", "cluster") else {}
-            init = init_surrogates("bottleneck", teachers, key, width=c.width, method=method,
-                                   activation=cfg.activation, **opts)
-        else:
-            init = init_surrogates(kind, teachers, key, rank=c.rank, x=X[:, tr], y=Y[:, tr])
+        # one initialisation per group of layers sharing tokens; a single group uses the kind's key itself
+        init = {}
+        for g, ((X, _, gl), (tr, _)) in enumerate(zip(groups, splits)):
+            gkey = key if len(groups) == 1 else jax.random.fold_in(key, g)
+            gteachers = [teachers[layers.index(l)] for l in gl]
+            if kind.startswith("bottleneck-"):
+                method = kind.split("-", 1)[1]
+                opts = {"n_init": c.n_init} if method in ("fusion", "cluster") else {}
+                blocks = init_surrogates("bottleneck", gteachers, gkey, width=c.width, method=method,
+                                         activation=cfg.activation, **opts)
+            else:
+                blocks = init_surrogates(kind, gteachers, gkey, rank=c.rank, x=X[:, tr], y=groups[g][1][:, tr])
+            init.update(zip(gl, blocks))
         t_init = time.time() - t0
-        before_block = block_error(init, X[:, ho], Y[:, ho], cfg.activation)
-        before = model_metrics(init)
+        before_block = heldout_error(init, groups, splits, layers, cfg.activation)
+        before = model_metrics([init[l] for l in layers])
         if kind == "linear":   # closed form: nothing to fit
             fitted, steps, t_fit = init, 0, 0.0
         else:
             t0 = time.time()
-            res = fit_blocks(init, X, Y, fc, cfg.activation, checkpoint_dir=str(out / "ckpt" / f"{kind}-{row_tag}"))
-            fitted, steps, t_fit = res.blocks, int(res.state.step), time.time() - t0
-        after_block = block_error(fitted, X[:, ho], Y[:, ho], cfg.activation)
+            ck = out / "ckpt" / f"{kind}-{row_tag}"
+            fitted, steps = {}, 0
+            for g, (X, Y, gl) in enumerate(groups):
+                blocks, n = fit_layers([init[l] for l in gl], X, Y, fc, cfg.activation,
+                                       str(ck if len(groups) == 1 else ck / f"tokens{g}"))
+                fitted.update(zip(gl, blocks))
+                steps = max(steps, n)
+            t_fit = time.time() - t0
+        fitted = [fitted[l] for l in layers]
+        after_block = heldout_error(dict(zip(layers, fitted)), groups, splits, layers, cfg.activation)
         after = model_metrics(fitted)
         new = ntkfuse.replace_mlps(params, dict(zip(layers, fitted)))
         save_compressed(str(out / f"model_{kind}"), cfg, new,
@@ -348,13 +394,17 @@ def run(c: SurrogatesConfig, out: str | Path, *, progress: bool = True, fresh: b
     if checked.plan_widths:
         allocate(c, checked.plan_widths, cfg, params, batches, layers, out, log)
 
-    meta = {"model": c.model, "data": c.data, "examples": len(examples), "tokens": int(X.shape[1]),
-            "heldout_tokens": int(len(ho)), "layers": list(layers), "width": c.width, "rank": c.rank,
+    per_layer = {l: (X.shape[1], len(ho)) for (X, _, gl), (_, ho) in zip(groups, splits) for l in gl}
+    meta = {"model": c.model, "data": c.data, "examples": len(examples),
+            "tokens": int(per_layer[layers[0]][0]), "heldout_tokens": int(per_layer[layers[0]][1]),
+            "tokens_per_layer": [int(per_layer[l][0]) for l in layers],
+            "heldout_tokens_per_layer": [int(per_layer[l][1]) for l in layers], "layers": list(layers), "width": c.width, "rank": c.rank,
             "fit": dataclasses.asdict(fc), "ntk_examples": c.ntk_examples, "ntk_output": "target_logprob(sum)" if output_name(cfg) == "target-logprob" else "class_prob(0)",
             "ntk_params": "MLPs of the chosen layers", "device": describe_device(), "versions": versions(),
             "timestamp": timestamp(), "config_hash": run_hash,
             "block_error": "held-out mean over tokens of ||y_hat - y||_2 at the block output",
-            "output_error": f"mean ||dh||_2 over non-pad tokens at hidden state {max(layers) + 1} (all examples)"}
+            "output_error": f"mean ||dh||_2 over non-pad tokens at hidden state "
+                            f"{cfg.hidden_state_index(max(layers))} (all examples)"}
     result = {"meta": meta, "results": results}
     write_reports(result, out)
     return result

@@ -10,7 +10,10 @@ forward with them (so gradients w.r.t. centroid j still scale with n_j), and
 `join_fixed` puts them back afterwards — they are never differentiated or updated.
 A container (MoEMLP) is split sub-block by sub-block (`ContainerKind`) and fitted
 through its own forward on the layer's pairs; its router is frozen (`ntkfuse.frozen`:
-not differentiated, no optimizer state, no decay).
+not differentiated, no optimizer state, no decay). A capacity-bound one (Switch) is fitted
+without its capacity and gets it back afterwards: its pairs hold only the tokens it
+dispatched (`collect.iter_pairs`), on which the two agree, while capacity counted over
+flattened tokens would drop tokens of other sequences (`collect.without_capacity`).
 
 Speed: per-step Python dispatch dominates small fits on accelerators, so many optimizer
 steps run in one dispatch — a jitted `lax.scan` over a block of steps that ends at the
@@ -42,6 +45,7 @@ from .. import sharding
 from ..files import atomic_write
 from ..frozen import cast_floating, merge_frozen, split_frozen, trainable_grad
 from ..models.blocks import activation_fn, fixed_fields
+from .collect import capacity_bound, without_capacity
 
 LOSSES = ("mse", "cosine")
 COMPUTE_DTYPES = ("float32", "bfloat16")
@@ -204,6 +208,11 @@ def unstack_blocks(st: Stacked, params=None) -> list:
     n = jax.tree.leaves(params)[0].shape[0]
     pick = lambda t, i: jax.tree.map(lambda x: x[i], t)  # noqa: E731
     return [st.cls.join_fixed(pick(params, i), pick(st.fixed, i)) for i in range(n)]
+
+
+def _with_capacities(blocks: list, capacities: Sequence) -> list:
+    """Put back the expert capacity each block had before fitting (None: none)."""
+    return [b if c is None else dataclasses.replace(b, capacity=c) for b, c in zip(blocks, capacities)]
 
 
 def loss_fn(kind: str, pred, target):
@@ -380,7 +389,8 @@ def fit_blocks(blocks: Sequence, x, y, fc: FitConfig = FitConfig(), activation: 
     if x.shape[0] != len(blocks):
         raise FitError(f"{len(blocks)} blocks but data for {x.shape[0]} layers")
     activation_fn(activation)
-    st = stack_blocks(blocks)
+    capacities = [b.capacity if capacity_bound(b) else None for b in blocks]
+    st = stack_blocks([without_capacity(b) for b in blocks])
     key = jax.random.PRNGKey(fc.seed)
     tr, ho = _split(key, x.shape[1], fc.holdout)
     if len(ho):
@@ -454,12 +464,12 @@ def fit_blocks(blocks: Sequence, x, y, fc: FitConfig = FitConfig(), activation: 
     if mesh is not None:
         state = sharding.to_default_device(state)
     if stop_at is not None and s >= stop_at and s < fc.steps and not done:   # simulated kill: no final save
-        return FitResult(unstack_blocks(st, state.params), state, history, False)
+        return FitResult(_with_capacities(unstack_blocks(st, state.params), capacities), state, history, False)
     if mngr is not None:
         _save(mngr, state, history)
         mngr.close()
     final = state.best_params if xh is not None else state.params
-    return FitResult(unstack_blocks(st, final), state, history, bool(state.done))
+    return FitResult(_with_capacities(unstack_blocks(st, final), capacities), state, history, bool(state.done))
 
 
 @functools.partial(jax.jit, static_argnums=(3, 4))
@@ -468,10 +478,11 @@ def _block_loss(block, x, y, activation, loss):
 
 
 def evaluate_blocks(blocks: Sequence, x, y, activation: str = "gelu", loss: str = "mse") -> np.ndarray:
-    """Per-layer loss of `blocks` on (L, N, d) pairs (no fitting)."""
+    """Per-layer loss of `blocks` on (L, N, d) pairs (no fitting; a capacity-bound MoE block
+    without its capacity, as it is fitted)."""
     if loss not in LOSSES:
         raise FitError(f"unknown loss {loss!r}; valid: {', '.join(LOSSES)}")
-    return np.array([float(_block_loss(b, jnp.asarray(x[i]), jnp.asarray(y[i]), activation, loss))
+    return np.array([float(_block_loss(without_capacity(b), jnp.asarray(x[i]), jnp.asarray(y[i]), activation, loss))
                      for i, b in enumerate(blocks)])
 
 

@@ -2,9 +2,12 @@
 output moves (METHOD.md §4). The singleton curves feed width allocation.
 
 Divergences, averaged over examples (classifier: KL of class distributions) or over
-non-padding tokens (decoder LM: KL of next-token distributions; `target_mask` is not
-used, every real token counts). KL is KL(p_ref ‖ p_new). The output error is
-`ntkfuse.ntk.output_error` at the final layer.
+tokens (decoder LM: KL of next-token distributions at every non-padding token,
+`target_mask` not used; encoder-decoder: KL of the decoder's next-token distributions
+that predict target tokens — position t − 1 for each t of `target_mask`, the convention
+of `ntk.target_logprob` — since the decoder's input before the target is only the start
+token). KL is KL(p_ref ‖ p_new). The output error is `ntkfuse.ntk.output_error` at the
+final layer's output (an encoder-decoder's: the decoder's).
 """
 from __future__ import annotations
 
@@ -34,19 +37,27 @@ def _kl_sums(cfg: ModelConfig, p_ref, p_new, batch):
     kl = _kl(lr, ln)
     if kl.ndim == 1:                                   # classifier: per example
         return kl.sum(), jnp.array(kl.shape[0], jnp.float32)
-    mask = batch.get("attention_mask")
-    mask = jnp.ones(kl.shape, jnp.float32) if mask is None else mask.astype(jnp.float32)
+    if cfg.is_encoder_decoder:   # position t - 1 predicts target token t
+        tm = batch["target_mask"].astype(jnp.float32)
+        mask = jnp.concatenate([tm[:, 1:], jnp.zeros_like(tm[:, :1])], axis=1)
+    else:
+        mask = batch.get("attention_mask")
+        mask = jnp.ones(kl.shape, jnp.float32) if mask is None else mask.astype(jnp.float32)
     return (kl * mask).sum(), mask.sum()
 
 
 def output_kl(cfg: ModelConfig, p_ref: dict, p_new: dict, batches: Sequence[dict]) -> float:
-    """Mean KL(p_ref ‖ p_new) of the output distributions (classes per example, or
-    next-token distributions per non-pad token for a decoder LM)."""
+    """Mean KL(p_ref ‖ p_new) of the output distributions (classes per example,
+    next-token distributions per non-pad token for a decoder LM, per target token for an
+    encoder-decoder)."""
     if cfg.head == "none":
         raise SensitivityError("the model has no head (head='none'): no output distribution to compare; "
                                "use head='classifier' or 'lm'")
     tot, n = 0.0, 0.0
     for b in batches:
+        if cfg.is_encoder_decoder and b.get("target_mask") is None:
+            raise SensitivityError("an encoder-decoder's KL is over its target tokens: each batch needs a "
+                                   "target_mask (data.make_batch gives one)")
         s, c = _kl_sums(cfg, p_ref, p_new, {k: jnp.asarray(v) for k, v in b.items() if v is not None})
         tot, n = tot + float(s), n + float(c)
     return tot / max(n, 1.0)
@@ -66,7 +77,8 @@ def layer_sensitivity(cfg: ModelConfig, params: dict, batches: Sequence[dict], l
     """One row per (layer, width): {"layer", "width", "params", "kl", "output_error", "logit_error"}.
 
     output_error: mean ‖Δh‖₂ over non-pad tokens at hidden state `output_layer`
-    (HF indexing, default the last layer's output); logit_error: the same on logits.
+    (HF indexing, default the last layer's output, `cfg.hidden_state_index`); logit_error:
+    the same on logits.
 
     `replace(cfg, params, layer, width, key) -> params` overrides the one-shot
     compression (default: `replace_one` with `method`).
@@ -82,7 +94,7 @@ def layer_sensitivity(cfg: ModelConfig, params: dict, batches: Sequence[dict], l
         raise SensitivityError("no widths given")
     widths = [int(validate.check_positive("widths", w, integer=True, error=SensitivityError)) for w in widths]
     key = jax.random.PRNGKey(0) if key is None else key
-    out_layer = cfg.num_layers if output_layer is None else output_layer  # hidden-state index
+    out_layer = cfg.hidden_state_index(cfg.num_layers - 1) if output_layer is None else output_layer
     rows = []
     for l in layers:
         for w in widths:

@@ -41,13 +41,16 @@ class TuneConfig:
 
 
 def hidden_loss(cfg: ModelConfig, student: dict, teacher: dict, batch: dict, layers: tuple) -> jax.Array:
-    """(1/L) Σ_l mean over non-pad tokens of ‖h_l − h_l^teacher‖² (h_l = output of layer l)."""
+    """(1/L) Σ_l mean over non-pad tokens of ‖h_l − h_l^teacher‖² (h_l = output of layer l;
+    an encoder-decoder's decoder layers over the decoder's tokens, `cfg.mask_key`)."""
     hs = forward(cfg, student, batch, collect=True).hidden_states
     ht = jax.lax.stop_gradient(forward(cfg, teacher, batch, collect=True).hidden_states)
-    mask = batch.get("attention_mask")
-    mask = jnp.ones(batch["input_ids"].shape, jnp.float32) if mask is None else mask.astype(jnp.float32)
-    n = jnp.maximum(mask.sum(), 1.0)
-    per = [jnp.sum(jnp.sum(jnp.square(hs[l + 1] - ht[l + 1]), -1) * mask) / n for l in layers]
+    per = []
+    for l in layers:
+        i = cfg.hidden_state_index(l)
+        mask = batch.get(cfg.mask_key(i))
+        mask = jnp.ones(hs[i].shape[:2], jnp.float32) if mask is None else mask.astype(jnp.float32)
+        per.append(jnp.sum(jnp.sum(jnp.square(hs[i] - ht[i]), -1) * mask) / jnp.maximum(mask.sum(), 1.0))
     return sum(per) / len(layers)
 
 

@@ -182,3 +182,43 @@ def test_minilm_defaults_resolve_to_the_former_fixed_defaults():
     r = S.resolve(S.SurrogatesConfig(), cfg)
     assert (r.data, r.layers, r.width, r.rank) == ("sample:sentiment", "2-5", 384, 96)
     assert S.resolve(S.SurrogatesConfig(width=10, layers="1,3"), cfg).layers == "1,3"
+
+
+def test_end_to_end_tiny_switch_with_defaults_and_plan(tmp_path, capsys):
+    """An encoder-decoder (Switch, 2 + 2 layers, MoE at 1 and 3 with a capacity that binds): the default layers
+    1-3 span both sides and both kinds, so pairs come in groups of their own token counts (encoder, decoder, and
+    each capacity-bound MoE layer's dispatched tokens); NTK of the target log-probability; KL on target tokens."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from tests.experiments.conftest import _tokenizer
+    d = tmp_path / "switch"
+    d.mkdir()
+    V = _tokenizer("roberta", d)   # <s> 0, <pad> 1, </s> 2
+    torch.manual_seed(0)
+    transformers.SwitchTransformersForConditionalGeneration(transformers.SwitchTransformersConfig(
+        vocab_size=V, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4, num_experts=4,
+        num_sparse_encoder_layers=1, num_sparse_decoder_layers=1, expert_capacity=3,
+        relative_attention_num_buckets=8, relative_attention_max_distance=16, pad_token_id=1, eos_token_id=2,
+        decoder_start_token_id=1)).save_pretrained(d)
+    out = tmp_path / "fit"
+    kinds = "linear,linear_sgd,bottleneck-random,bottleneck-fusion,bottleneck-prune"
+    args = ["--model", str(d), "--kinds", kinds, "--out", str(out), "--plan-widths", "8,32"] + DEC
+    assert fit_surrogates_main(args) == 0, capsys.readouterr().err
+    res = json.loads((out / "results.json").read_text())
+    meta = res["meta"]
+    assert meta["data"] == "sample:webnlg" and meta["layers"] == [1, 2, 3] and meta["width"] == 16
+    assert meta["ntk_output"] == "target_logprob(sum)"
+    enc, dec, moe = meta["tokens_per_layer"][0], meta["tokens_per_layer"][1], meta["tokens_per_layer"][2]
+    assert 0 < moe < dec and enc != dec   # capacity 3 drops decoder tokens of the MoE layer
+    moe_params = 4 * 32 + 4 * 2 * 32 * 16
+    for r in res["results"]:
+        assert all(np.isfinite(v) for v in r["block_error_after"] + r["block_error_before"])
+        assert np.isfinite(r["after"]["ntk_rel"]) and np.isfinite(r["after"]["output_error"])
+        if r["kind"] in ("bottleneck-fusion", "bottleneck-prune"):
+            assert r["params_per_layer"] == [moe_params, 2 * 32 * 16, moe_params]
+            assert r["steps"] == 4 and r["block_error_after"][1] < r["block_error_before"][1]
+    from ntkfuse.checkpoints.orbax import restore_compressed
+    blk = restore_compressed(out / "model_bottleneck-fusion")[1]["layers"][3]["mlp"]
+    assert (blk.rule, blk.capacity) == ("switch", 3)
+    plan = json.loads((out / "plan.json").read_text())
+    assert len(plan["sensitivity"]) == 6 and all(r["kl"] >= 0 for r in plan["sensitivity"])
