@@ -1,21 +1,23 @@
-"""First calls (issue 12): how long a user waits the first time, with the layer stack
-unrolled (the default) or scanned, and with JAX's persistent compilation cache.
+"""First calls (issue 12): how long a user waits the first time, with and without XLA's GEMM
+autotuning (`ntkfuse.compile`), with other XLA flags, and with JAX's persistent compilation cache.
 
 Three parts, each in fresh processes so that a first call really compiles:
 
   ntk      `bench_ntk.py` at roberta-base shape (N=128 × 128 tokens, MLPs of layers 4-11,
            both kernels, fp32 without TF32, random weights), once per variant
-           (default: full-unrolled = the engine's default, full-scan = `scan_layers=True`),
-           each in its own process with the compilation cache off: first call (tracing +
-           compilation + run), warm median, peak memory, and the kernels' relative
-           difference between the variants. The first variant is the headline.
+           (default: full-unrolled = the engine's default, no GEMM autotuning; full-autotune =
+           `autotune=True`; full-scan = `scan_layers=True` is another), each in its own process
+           with the compilation cache off: first call (tracing + compilation + run) and its
+           split into trace / lower / XLA compile seconds, warm median, peak memory, and the
+           kernels' relative difference between the variants. The first variant is the
+           headline. `--xla-flag-sets` reruns the headline once per set of XLA_FLAGS.
   cache    the headline variant twice in two processes sharing a fresh cache directory:
            the second process's first call is what a user sees on the next run.
   compare  a paper-scale `scripts/ntk_compare.py` end to end (BERT-base shape with random
            weights written by transformers, layers 4-11 → 768, 96 sentences × 128 tokens,
            all 7 methods, n_init 30, one seed, no task set), with the cache off, per
-           --compare-variants (unrolled = the default, scan = `--scan-layers`): wall time
-           of the process and the per-method times of its results.
+           --compare-variants (unrolled = the default, scan = `--scan-layers`, autotune =
+           `--autotune`): wall time of the process and the per-method times of its results.
 
 Targets (the issue's): ntk first call ≤ 10 s with warm ≤ 0.21 s; compare ≤ 60 s; cached
 first call ≤ 5 s. One JSON (--out) names the device, every number and the checks.
