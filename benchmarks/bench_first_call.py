@@ -138,7 +138,7 @@ def parse_flag_sets(text: str) -> dict:
         if not item:
             continue
         name, sep, flags = item.partition("=")
-        if not sep or not name.strip():
+        if not sep or not name.strip().isidentifier():
             raise harness.BenchError(f"--xla-flag-sets: {item!r} is not NAME=FLAGS")
         sets[name.strip()] = flags.strip()
     return sets
