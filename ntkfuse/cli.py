@@ -24,6 +24,17 @@ CACHE_ENV = "NTKFUSE_CACHE_DIR"
 DEFAULT_CACHE_DIR = "~/.cache/ntkfuse/jax"
 
 
+def _log(line: str) -> None:
+    """Progress for the entry points: stderr, flushed (stdout carries the result table)."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def _input_error(prog: str, e: Exception) -> int:
+    """Bad input: the error on one line of stderr (whitespace collapsed), exit status 2."""
+    print(f"{prog}: error: {' '.join(str(e).split()) or type(e).__name__}", file=sys.stderr)
+    return 2
+
+
 def compile_cache_dir() -> str:
     """Where the entry points keep JAX's persistent compilation cache: `$NTKFUSE_CACHE_DIR`,
     else `~/.cache/ntkfuse/jax`."""
@@ -199,14 +210,13 @@ def _parse_option(spec: str):
 def compare_main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     use_compile_cache(not args.no_compile_cache)
-    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     t0 = time.perf_counter()
     out = None
     try:
         from .experiments import compare
         from .experiments.device import describe_device
         config, out, protocols = build_config(args)
-        log("loading model and data ...")
+        _log("loading model and data ...")
         if protocols is None:
             runs = [(compare.prepare(config), Path(out) if out else None)]
         else:   # every protocol checked (and the model loaded once) before any work
@@ -221,10 +231,10 @@ def compare_main(argv: Optional[Sequence[str]] = None) -> int:
         results, files = [], {}
         for plan, where in runs:
             out = where or compare.default_out_dir(plan)
-            log(compare.describe({"config": plan.resolved(), "data": compare.data_summary(plan),
+            _log(compare.describe({"config": plan.resolved(), "data": compare.data_summary(plan),
                                   "device": describe_device()}))
-            log(f"methods: {', '.join(plan.methods)}; seeds {','.join(map(str, plan.config.seeds))}; results in {out}")
-            result = compare.run(plan, out, progress=not args.no_progress, fresh=args.fresh, log=log)
+            _log(f"methods: {', '.join(plan.methods)}; seeds {','.join(map(str, plan.config.seeds))}; results in {out}")
+            result = compare.run(plan, out, progress=not args.no_progress, fresh=args.fresh, log=_log)
             files.update({f"{out.name}/{k}" if protocols else k: v
                           for k, v in compare.write_reports(result, out).items()})
             results.append(result)
@@ -235,9 +245,7 @@ def compare_main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"{PROG}: interrupted{where}", file=sys.stderr)
         return 130
     except (ValueError, OSError) as e:  # every ntkfuse input error is a ValueError subclass
-        msg = " ".join(str(e).split()) or type(e).__name__
-        print(f"{PROG}: error: {msg}", file=sys.stderr)
-        return 2
+        return _input_error(PROG, e)
     for result in results:
         if protocols is not None:
             print(f"== {compare.protocol_label(result)}")
@@ -445,7 +453,6 @@ def finetune_main(argv: Optional[Sequence[str]] = None) -> int:
     """`python scripts/finetune.py`: bad input -> one line on stderr, exit status 2."""
     args = _finetune_parser().parse_args(argv)
     use_compile_cache(not args.no_compile_cache)
-    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     from .experiments import finetune as F
     from .experiments.device import describe_device
     t0 = time.perf_counter()
@@ -455,10 +462,10 @@ def finetune_main(argv: Optional[Sequence[str]] = None) -> int:
         plan = F.prepare(config)
         out = Path(out) if out else F.default_out_dir(plan)
         dev = describe_device()
-        log(f"finetune: {config.model} on {plan.task.name} ({len(plan.train)} train / {len(plan.dev)} dev), "
+        _log(f"finetune: {config.model} on {plan.task.name} ({len(plan.train)} train / {len(plan.dev)} dev), "
             f"methods {', '.join(plan.methods)}, layers {','.join(map(str, plan.layers))} -> {plan.width}, "
             f"device {dev['platform']} ({dev['kind']}); results in {out}")
-        result = F.run(plan, out, progress=not args.no_progress, fresh=args.fresh, log=log)
+        result = F.run(plan, out, progress=not args.no_progress, fresh=args.fresh, log=_log)
         files = F.write_reports(result, out)
     except KeyboardInterrupt:
         print(f"finetune.py: interrupted; finished runs (and the running one's last epoch) are saved in {out}: "
@@ -518,7 +525,6 @@ def perplexity_main(argv: Optional[Sequence[str]] = None) -> int:
     """`python scripts/perplexity.py`: bad input -> one line on stderr, exit status 2."""
     args = _perplexity_parser().parse_args(argv)
     use_compile_cache(not args.no_compile_cache)
-    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     t0 = time.perf_counter()
     out = None
     try:
@@ -531,23 +537,21 @@ def perplexity_main(argv: Optional[Sequence[str]] = None) -> int:
             model=args.model, text=args.text, max_length=args.max_length, stride=args.stride,
             batch_size=args.batch_size, methods=P.parse_list(args.methods) or (), layers=args.layers,
             width=args.width, seed=args.seed, n_init=args.n_init, method_options=opts, dtype=args.dtype)
-        log("loading model and text ...")
+        _log("loading model and text ...")
         plan = P.prepare(config)
         out = Path(args.out) if args.out else P.default_out_dir(plan)
-        log(f"perplexity: {config.model} on {config.text} ({len(plan.ids)} tokens), windows {plan.max_length} "
+        _log(f"perplexity: {config.model} on {config.text} ({len(plan.ids)} tokens), windows {plan.max_length} "
             f"stride {plan.stride}; methods {', '.join(plan.methods)}"
             + (f" (layers {','.join(map(str, plan.layers))} -> {plan.width})" if len(plan.methods) > 1 else "")
             + f"; results in {out}")
-        result = P.run(plan, out, progress=not args.no_progress, fresh=args.fresh, log=log)
+        result = P.run(plan, out, progress=not args.no_progress, fresh=args.fresh, log=_log)
         files = P.write_reports(result, out)
     except KeyboardInterrupt:
         where = f"; finished methods are saved in {out}: rerun the same command to resume" if out else ""
         print(f"perplexity.py: interrupted{where}", file=sys.stderr)
         return 130
     except (ValueError, OSError) as e:   # PerplexityError, DataError, CheckpointError, CompressionError
-        msg = " ".join(str(e).split()) or type(e).__name__
-        print(f"perplexity.py: error: {msg}", file=sys.stderr)
-        return 2
+        return _input_error("perplexity.py", e)
     from .experiments.reports import text_table
     head, cells = P.table_rows(result)
     print(text_table(head, cells))

@@ -813,7 +813,6 @@ def verdicts(result: dict) -> list[str]:
 def describe(result: dict) -> str:
     """One paragraph stating what was measured (model, data, sizes, output, k-means restarts, seeds)."""
     c, d = result["config"], result["data"]
-    mc = c["model_config"]
     scalar = (f"softmax(logits)[{c['class_index']}]" if c["output"] == "class-prob"
               else f"log-prob of the target tokens ({c['reduction']})")
     sel = {"compressed": f"the MLP params of layers {_layer_str(c['layers'])}", "all-mlps": "every MLP's params",
@@ -822,8 +821,7 @@ def describe(result: dict) -> str:
     task = c.get("task")
     task_s = (f"; kernel classification: {task['folds']}-fold stratified cross-validation on the first "
               f"{task['examples']} labelled examples, ridge {task['ridge']:g}·tr(K)/N" if task else "")
-    return (f"model {c['model']} ({mc['family']}, {mc['num_layers']} layers, d={mc['hidden']}, "
-            f"D={mc['intermediate']}); layers {_layer_str(c['layers'])} compressed to width {c['width']}"
+    return (f"{reports.model_phrase(c)}; layers {_layer_str(c['layers'])} compressed to width {c['width']}"
             f"{' (reference protocol)' if c['reference_protocol'] else ''}; data {d['spec']}: {d['n_examples']} "
             f"examples, max length {c['max_length']} ({d['tokens']} tokens); scalar output {scalar}; NTK w.r.t. "
             f"{sel}; k-means n_init={c['n_init']} (reference 30); seeds {','.join(map(str, seeds))} (random "
@@ -852,8 +850,7 @@ def write_markdown(result: dict) -> str:
             f"‖K'−K‖_F (abs) and ‖K'−K‖_F/‖K‖_F (rel); CKA is the centred kernel alignment with the "
             f"original's kernel; kernel acc is cross-validated kernel classification accuracy with the method's "
             f"own kernel. Values are mean ± std over seeds where a method is random; a method leads only "
-            f"when its mean ± std interval does not overlap any other's. Run {result['timestamp']}, config hash "
-            f"{result['config_hash']}, wall time {result['wall_s']:.1f} s.\n")
+            f"when its mean ± std interval does not overlap any other's. {reports.run_footer(result)}\n")
 
 
 def _panel_measures(results: Sequence[dict]):

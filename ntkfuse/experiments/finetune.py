@@ -343,13 +343,11 @@ def table_rows(result: dict) -> tuple[list, list]:
 
 def describe(result: dict) -> str:
     c, d = result["config"], result["device"]
-    mc = c["model_config"]
     mem = ("peak device memory from JAX's memory stats, a process-wide high-water mark: '≤' marks a run "
            "that stayed below an earlier run's peak (benchmarks/ measures runs in isolation)"
            if d["platform"] != "cpu" else
            "peak memory n/a on CPU (JAX reports no device memory stats; results.json has the process's peak RSS)")
-    return (f"model {c['model']} ({mc['family']}, {mc['num_layers']} layers, d={mc['hidden']}, "
-            f"D={mc['intermediate']}); "
+    return (f"{reports.model_phrase(c)}; "
             f"task {c['task']} ({c['task_kind']}): {c['n_train_examples']} training and {c['n_dev_examples']} dev "
             f"examples; compressed layers {','.join(map(str, c['layers']))} to width {c['width']} "
             f"(k-means n_init={c['n_init']}); {c['epochs']} epochs, batch {c['batch_size']}, AdamW (0.9, 0.98), "
@@ -364,8 +362,7 @@ def write_markdown(result: dict) -> str:
     return (f"# Fine-tuning: {result['config']['model']} on {result['config']['task']}\n\n{describe(result)}\n\n"
             f"{reports.markdown_table(head, cells)}\n\ntrain s: the training epochs (compilation included); "
             f"time s: compression, optional layer-wise tuning, training and dev evaluation. "
-            f"Run {result['timestamp']}, config hash "
-            f"{result['config_hash']}, wall time {result['wall_s']:.1f} s.\n")
+            f"{reports.run_footer(result)}\n")
 
 
 def learning_curves(result: dict, path: Optional[str | Path] = None) -> bytes:

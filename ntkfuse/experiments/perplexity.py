@@ -222,11 +222,9 @@ def table_rows(result: dict) -> tuple[list, list]:
 
 def describe(result: dict) -> str:
     c, d = result["config"], result["device"]
-    mc = c["model_config"]
     comp = (f"compressed layers {','.join(map(str, c['layers']))} to width {c['width']} (seed {c['seed']}, "
             f"k-means n_init {c['n_init']})" if len(c["methods"]) > 1 else "no compressed models")
-    return (f"model {c['model']} ({mc['family']}, {mc['num_layers']} layers, d={mc['hidden']}, "
-            f"D={mc['intermediate']}, {c['dtype']}); text {c['text']} ({c['n_tokens']} tokens); windows of "
+    return (f"{reports.model_phrase(c, c['dtype'])}; text {c['text']} ({c['n_tokens']} tokens); windows of "
             f"{c['max_length']} tokens, stride {c['stride']}, {c['batch_size']} per forward; perplexity = "
             f"exp(total NLL / scored tokens), token-weighted; {comp}; device {d['platform']} ({d['kind']}).")
 
@@ -236,8 +234,7 @@ def write_markdown(result: dict) -> str:
     return (f"# Perplexity: {result['config']['model']} on {Path(result['config']['text']).name}\n\n"
             f"{describe(result)}\n\n{reports.markdown_table(head, cells, 'lrrrrrrr')}\n\n"
             f"vs full: perplexity ratio to the full model; eval s: the windows' forwards (compilation "
-            f"included). Run {result['timestamp']}, config hash {result['config_hash']}, wall time "
-            f"{result['wall_s']:.1f} s.\n")
+            f"included). {reports.run_footer(result)}\n")
 
 
 COLUMNS = ("method", "seed", "params", "mlp_params", "perplexity", "nll", "mean_nll", "bits_per_token", "tokens",

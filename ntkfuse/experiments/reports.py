@@ -43,6 +43,19 @@ def read_json(path: str | Path):
         return None
 
 
+def model_phrase(config: Mapping, *details) -> str:
+    """'model NAME (family, L layers, d=…, D=…[, details…])': how every report's description names
+    its model (`config` is a result's "config", with the resolved "model_config")."""
+    mc = config["model_config"]
+    parts = [mc["family"], f"{mc['num_layers']} layers", f"d={mc['hidden']}", f"D={mc['intermediate']}", *details]
+    return f"model {config['model']} ({', '.join(map(str, parts))})"
+
+
+def run_footer(result: Mapping) -> str:
+    """The last sentence of every markdown report: when, which configuration, how long."""
+    return f"Run {result['timestamp']}, config hash {result['config_hash']}, wall time {result['wall_s']:.1f} s."
+
+
 def csv_text(rows: Sequence[Mapping], columns: Optional[Sequence] = None) -> str:
     """CSV of `rows` (dicts). `columns`: keys, or (key, header) pairs; default the first row's keys.
     Missing and None values are empty cells; lines end in '\\n'."""

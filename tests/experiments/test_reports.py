@@ -56,3 +56,12 @@ def test_device_and_versions():
     v = versions(extra="1")
     assert {"ntkfuse", "jax", "numpy", "python"} <= set(v) and v["extra"] == "1"
     assert timestamp().endswith("+00:00")
+
+
+def test_model_phrase_and_run_footer_are_the_reports_shared_sentences():
+    from ntkfuse.experiments import reports
+    c = {"model": "gpt2", "model_config": {"family": "gpt2", "num_layers": 12, "hidden": 768, "intermediate": 3072}}
+    assert reports.model_phrase(c) == "model gpt2 (gpt2, 12 layers, d=768, D=3072)"
+    assert reports.model_phrase(c, "bfloat16") == "model gpt2 (gpt2, 12 layers, d=768, D=3072, bfloat16)"
+    r = {"timestamp": "2026-11-23T19:00:00", "config_hash": "abc123", "wall_s": 12.345}
+    assert reports.run_footer(r) == "Run 2026-11-23T19:00:00, config hash abc123, wall time 12.3 s."
