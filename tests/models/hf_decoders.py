@@ -35,20 +35,34 @@ def hf_outputs(model, batch) -> tuple:
     return f(out.logits), [f(h) for h in out.hidden_states]
 
 
-def compare_two_methods(model_dir, tmp_path, capsys) -> dict:
-    """`ntk_compare` with fusion and prune on a tiny local checkpoint (4 examples × 16 tokens,
-    width 8): its results.json after checking it ran, both methods are there and each kernel
-    error is finite and non-zero."""
+def save_tiny_decoder(d, config_cls, model_cls, base: dict, **extra):
+    """A random HF decoder (`config_cls(**base, **extra)` with the gpt2 tokenizer's vocabulary and
+    no pad token) saved with its tokenizer in the new directory `d`, as `ntk_compare` reads it."""
+    import torch
+
+    from tests.experiments.conftest import _tokenizer
+    d.mkdir()
+    V = _tokenizer("gpt2", d)
+    torch.manual_seed(0)
+    cfg = config_cls(**{**base, "vocab_size": V, "pad_token_id": None, "bos_token_id": 0, "eos_token_id": 0}, **extra)
+    model_cls(cfg).save_pretrained(d)
+    return d
+
+
+def compare_methods(model_dir, tmp_path, capsys, methods=("fusion", "prune")) -> dict:
+    """`ntk_compare` with `methods` on a tiny local checkpoint (4 examples × 16 tokens, width 8):
+    its results.json after checking it ran, every method is there in order, the output is the
+    target log-prob and each kernel error is finite and non-zero."""
     import json
 
     from ntkfuse.cli import compare_main
     out = tmp_path / "run"
-    rc = compare_main(["--model", str(model_dir), "--methods", "fusion,prune", "--width", "8", "--n-examples", "4",
+    rc = compare_main(["--model", str(model_dir), "--methods", ",".join(methods), "--width", "8", "--n-examples", "4",
                        "--max-length", "16", "--n-init", "1", "--seeds", "0", "--out", str(out), "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 0, err
     res = json.loads((out / "results.json").read_text())
-    assert [r["method"] for r in res["results"]] == ["fusion", "prune"]
+    assert [r["method"] for r in res["results"]] == list(methods)
     assert res["config"]["output"] == "target-logprob"
     for r in res["results"]:
         assert np.isfinite(r["ntk_rel"]) and r["ntk_rel"] > 0

@@ -14,7 +14,7 @@ import pytest
 
 import ntkfuse
 from ntkfuse.models import ModelConfig, UnsupportedModelError
-from tests.models.hf_decoders import hf_outputs, padded_batch, save_variants
+from tests.models.hf_decoders import compare_methods, hf_outputs, padded_batch, save_tiny_decoder, save_variants
 from tests.models.test_parity import rel_err
 
 torch = pytest.importorskip("torch")
@@ -120,27 +120,9 @@ def test_ntk_target_logprob_on_tiny_llama(checkpoints):
 
 
 def test_ntk_compare_cli_on_tiny_llama(tmp_path, capsys):
-    import json
-    from ntkfuse.cli import compare_main
-    from tests.experiments.conftest import _tokenizer
-    d = tmp_path / "llama"
-    d.mkdir()
-    V = _tokenizer("gpt2", d)
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(**{**BASE, "vocab_size": V, "pad_token_id": None, "bos_token_id": 0,
-                                      "eos_token_id": 0}, num_key_value_heads=2)
-    transformers.LlamaForCausalLM(cfg).save_pretrained(d)
-    out = tmp_path / "run"
-    rc = compare_main(["--model", str(d), "--methods", "fusion,prune,svd,magnitude", "--width", "8",
-                       "--n-examples", "4", "--max-length", "16", "--n-init", "1", "--seeds", "0", "--out", str(out),
-                       "--no-progress"])
-    err = capsys.readouterr().err
-    assert rc == 0, err
-    res = json.loads((out / "results.json").read_text())
-    assert [r["method"] for r in res["results"]] == ["fusion", "prune", "svd", "magnitude"]
-    assert res["config"]["output"] == "target-logprob"
-    for r in res["results"]:
-        assert np.isfinite(r["ntk_rel"]) and r["ntk_rel"] > 0
+    d = save_tiny_decoder(tmp_path / "llama", transformers.LlamaConfig, transformers.LlamaForCausalLM, BASE,
+                          num_key_value_heads=2)
+    compare_methods(d, tmp_path, capsys, ("fusion", "prune", "svd", "magnitude"))
 
 
 def test_fused_llama_saves_and_restores_bit_identically(checkpoints, tmp_path):

@@ -19,7 +19,7 @@ import pytest
 import ntkfuse
 from ntkfuse.models import ModelConfig
 from ntkfuse.models.blocks import FusedGatedMLP, GatedMLP, MoEMLP
-from tests.models.hf_decoders import compare_two_methods, hf_outputs, padded_batch, save_variants
+from tests.models.hf_decoders import compare_methods, hf_outputs, padded_batch, save_tiny_decoder, save_variants
 from tests.models.test_parity import rel_err
 
 torch = pytest.importorskip("torch")
@@ -262,12 +262,5 @@ def test_ntk_on_tiny_mixtral_uses_explicit_gradients(checkpoints):
 
 
 def test_ntk_compare_cli_on_tiny_mixtral(tmp_path, capsys):
-    from tests.experiments.conftest import _tokenizer
-    d = tmp_path / "mixtral"
-    d.mkdir()
-    V = _tokenizer("gpt2", d)
-    torch.manual_seed(0)
-    cfg = transformers.MixtralConfig(**{**BASE, "vocab_size": V, "pad_token_id": None, "bos_token_id": 0,
-                                        "eos_token_id": 0})
-    transformers.MixtralForCausalLM(cfg).save_pretrained(d)
-    compare_two_methods(d, tmp_path, capsys)
+    d = save_tiny_decoder(tmp_path / "mixtral", transformers.MixtralConfig, transformers.MixtralForCausalLM, BASE)
+    compare_methods(d, tmp_path, capsys)

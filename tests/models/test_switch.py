@@ -22,7 +22,7 @@ import ntkfuse
 from ntkfuse.models import ModelConfig, UnsupportedModelError
 from ntkfuse.models.blocks import DenseMLP, FusedMLP, MoEMLP
 from ntkfuse.models.families import switch
-from tests.models.hf_decoders import compare_two_methods, save_variants
+from tests.models.hf_decoders import compare_methods, save_variants
 from tests.models.test_parity import rel_err
 
 torch = pytest.importorskip("torch")
@@ -401,5 +401,5 @@ def test_ntk_compare_cli_on_tiny_switch(tmp_path, capsys):
     b = make_batch(loaded.cfg, loaded.tokenizer, load_examples("sample:webnlg", 2), 16)
     assert set(b) == {"input_ids", "attention_mask", "decoder_input_ids", "decoder_attention_mask", "target_mask"}
     assert (b["decoder_input_ids"][:, 0] == 1).all() and (b["target_mask"][:, 0] == 0).all()
-    res = compare_two_methods(d, tmp_path, capsys)
+    res = compare_methods(d, tmp_path, capsys)
     assert res["config"]["data"] == "sample:webnlg"
