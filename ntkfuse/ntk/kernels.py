@@ -700,64 +700,56 @@ def kernels(cfg, params, batch, *, output=None, selector=None, kinds=("ntk", "si
     for a warm call about 12% slower.
     """
     with _autotune_ctx(autotune):
-        return _kernels(cfg, params, batch, output=output, selector=selector, kinds=kinds, batch2=batch2,
-                        chunk=chunk, param_block=param_block, compute_dtype=compute_dtype, strategy=strategy,
-                        memory_budget_bytes=memory_budget_bytes, gram_precision=gram_precision,
-                        gram_impl=gram_impl, return_plan=return_plan, devices=devices, scan_layers=scan_layers)
-
-
-def _kernels(cfg, params, batch, *, output, selector, kinds, batch2, chunk, param_block, compute_dtype, strategy,
-             memory_budget_bytes, gram_precision, gram_impl, return_plan, devices, scan_layers):
-    cfg = _engine_cfg(cfg, scan_layers)
-    mesh = sharding.make_mesh(devices)
-    output = class_prob(0) if output is None else output
-    selector = all_mlps() if selector is None else selector
-    if not isinstance(selector, Selector):
-        raise SelectorError(f"selector must be a Selector (mlp_layers, all_mlps, all_params, by_path), "
-                            f"got {type(selector).__name__}")
-    if hasattr(output, "check"):
-        output.check(cfg)
-    b1 = _prepare(cfg, batch, output)
-    b2 = None if batch2 is None else _prepare(cfg, batch2, output)
-    plan = plan_kernels(cfg, params, b1, selector=selector, kinds=kinds, batch2=b2, chunk=chunk,
-                        param_block=param_block, compute_dtype=compute_dtype, strategy=strategy,
-                        memory_budget_bytes=memory_budget_bytes, gram_precision=gram_precision,
-                        gram_impl=gram_impl)
-    kinds = tuple(kinds)
-    gram = dict(gram=gram_precision, impl=plan.gram_impl)
-    dtype = _dtype(compute_dtype)
-    if plan.strategy == "tokens":
-        spec = _tokens_spec(params, list(plan.blocks[0]))
-        out = _kernels_tokens(params, b1, b2, cfg=cfg, output=output, spec=spec, rows=plan.rows, dtype=dtype)
-    elif plan.strategy == "layers" and mesh is not None:
-        spec = _tokens_spec(params, [p for b in plan.blocks for p in b])
-        out = _layers_on_mesh(mesh, params, b1, b2, spec, plan.d_chunks, cfg=cfg, output=output, chunk=plan.chunk,
-                              dtype=dtype, kinds=kinds, **gram)
-    elif plan.strategy == "layers":
-        spec = _tokens_spec(params, [p for b in plan.blocks for p in b])
-        layers = tuple(l for l, _ in spec)
-        fa = _layer_inputs(params, b1, cfg=cfg, output=output, layers=layers, chunk=plan.chunk, dtype=dtype)
-        fb = None if b2 is None else _layer_inputs(params, b2, cfg=cfg, output=output, layers=layers,
-                                                   chunk=plan.chunk, dtype=dtype)
-        out = None
-        for (l, names), dch in zip(spec, plan.d_chunks):
-            block = cast_floating(params["layers"][l]["mlp"], dtype)
-            part = _layer_gram(block, fa[l], None if fb is None else fb[l], names=names, kinds=kinds,
-                               activation=cfg.activation, d_chunks=dch, **gram)
-            out = part if out is None else {k: out[k] + part[k] for k in kinds}
-    else:
-        out = None
-        for block in plan.blocks:
-            sel = selector if plan.strategy == "full" else restrict(selector, block)
-            s, r = sel.split(params)
-            if mesh is not None:   # "full" or one parameter block: the examples split across the mesh
-                part = _full_on_mesh(mesh, s, r, b1, b2, cfg=cfg, output=output, kinds=kinds, chunk=plan.chunk,
-                                     dtype=dtype, **gram)
-            else:
-                part = _kernels_explicit(s, r, b1, b2, cfg=cfg, output=output, kinds=kinds, chunk=plan.chunk,
+        cfg = _engine_cfg(cfg, scan_layers)
+        mesh = sharding.make_mesh(devices)
+        output = class_prob(0) if output is None else output
+        selector = all_mlps() if selector is None else selector
+        if not isinstance(selector, Selector):
+            raise SelectorError(f"selector must be a Selector (mlp_layers, all_mlps, all_params, by_path), "
+                                f"got {type(selector).__name__}")
+        if hasattr(output, "check"):
+            output.check(cfg)
+        b1 = _prepare(cfg, batch, output)
+        b2 = None if batch2 is None else _prepare(cfg, batch2, output)
+        plan = plan_kernels(cfg, params, b1, selector=selector, kinds=kinds, batch2=b2, chunk=chunk,
+                            param_block=param_block, compute_dtype=compute_dtype, strategy=strategy,
+                            memory_budget_bytes=memory_budget_bytes, gram_precision=gram_precision,
+                            gram_impl=gram_impl)
+        kinds = tuple(kinds)
+        gram = dict(gram=gram_precision, impl=plan.gram_impl)
+        dtype = _dtype(compute_dtype)
+        if plan.strategy == "tokens":
+            spec = _tokens_spec(params, list(plan.blocks[0]))
+            out = _kernels_tokens(params, b1, b2, cfg=cfg, output=output, spec=spec, rows=plan.rows, dtype=dtype)
+        elif plan.strategy == "layers" and mesh is not None:
+            spec = _tokens_spec(params, [p for b in plan.blocks for p in b])
+            out = _layers_on_mesh(mesh, params, b1, b2, spec, plan.d_chunks, cfg=cfg, output=output, chunk=plan.chunk,
+                                  dtype=dtype, kinds=kinds, **gram)
+        elif plan.strategy == "layers":
+            spec = _tokens_spec(params, [p for b in plan.blocks for p in b])
+            layers = tuple(l for l, _ in spec)
+            fa = _layer_inputs(params, b1, cfg=cfg, output=output, layers=layers, chunk=plan.chunk, dtype=dtype)
+            fb = None if b2 is None else _layer_inputs(params, b2, cfg=cfg, output=output, layers=layers,
+                                                       chunk=plan.chunk, dtype=dtype)
+            out = None
+            for (l, names), dch in zip(spec, plan.d_chunks):
+                block = cast_floating(params["layers"][l]["mlp"], dtype)
+                part = _layer_gram(block, fa[l], None if fb is None else fb[l], names=names, kinds=kinds,
+                                   activation=cfg.activation, d_chunks=dch, **gram)
+                out = part if out is None else {k: out[k] + part[k] for k in kinds}
+        else:
+            out = None
+            for block in plan.blocks:
+                sel = selector if plan.strategy == "full" else restrict(selector, block)
+                s, r = sel.split(params)
+                if mesh is not None:   # "full" or one parameter block: the examples split across the mesh
+                    part = _full_on_mesh(mesh, s, r, b1, b2, cfg=cfg, output=output, kinds=kinds, chunk=plan.chunk,
                                          dtype=dtype, **gram)
-            out = part if out is None else {k: out[k] + part[k] for k in kinds}
-    return (out, plan) if return_plan else out
+                else:
+                    part = _kernels_explicit(s, r, b1, b2, cfg=cfg, output=output, kinds=kinds, chunk=plan.chunk,
+                                             dtype=dtype, **gram)
+                out = part if out is None else {k: out[k] + part[k] for k in kinds}
+        return (out, plan) if return_plan else out
 
 
 def per_example_grads(cfg, params, batch, *, output=None, selector=None, chunk=None, compute_dtype=None,
