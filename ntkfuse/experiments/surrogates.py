@@ -349,7 +349,7 @@ def run(c: SurrogatesConfig, out: str | Path, *, progress: bool = True, fresh: b
         key = kind_key(c.seed, kind)
         # one initialisation per group of layers sharing tokens; a single group uses the kind's key itself
         init = {}
-        for g, ((X, _, gl), (tr, _)) in enumerate(zip(groups, splits)):
+        for g, ((X, Y, gl), (tr, _)) in enumerate(zip(groups, splits)):
             gkey = key if len(groups) == 1 else jax.random.fold_in(key, g)
             gteachers = [teachers[layers.index(l)] for l in gl]
             if kind.startswith("bottleneck-"):
@@ -358,7 +358,7 @@ def run(c: SurrogatesConfig, out: str | Path, *, progress: bool = True, fresh: b
                 blocks = init_surrogates("bottleneck", gteachers, gkey, width=c.width, method=method,
                                          activation=cfg.activation, **opts)
             else:
-                blocks = init_surrogates(kind, gteachers, gkey, rank=c.rank, x=X[:, tr], y=groups[g][1][:, tr])
+                blocks = init_surrogates(kind, gteachers, gkey, rank=c.rank, x=X[:, tr], y=Y[:, tr])
             init.update(zip(gl, blocks))
         t_init = time.time() - t0
         before_block = heldout_error(init, groups, splits, layers, cfg.activation)
