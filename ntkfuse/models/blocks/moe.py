@@ -1,6 +1,6 @@
 """Sparse Mixture-of-Experts MLP (Mixtral, Switch; docs/moe.md): a bias-free router and E expert blocks.
 
-Two routing rules (`rule`, fixed metadata), each as its HF model computes it:
+Two routing rules (`rule`, a static field), each as its HF model computes it:
 
 "topk" (Mixtral):
     logits = x W_rᵀ                      (E,) per token, in x's dtype (HF: F.linear)
