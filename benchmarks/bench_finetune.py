@@ -92,12 +92,15 @@ def make_step(cfg, task_kind: str, tc, total: int, dtype: str):
 
 
 COMPUTE = {"fp32": "float32", "bf16": "bfloat16"}
+# fp32 rows' matmul algorithm (jax_default_matmul_precision): true fp32 FMAs, or XLA's 6/9-product bf16
+# splits of fp32 operands (fp32-level accuracy on bf16 tensor cores; neither is TF32)
+FP32_MATMUL = {"highest": "highest", "bf16x6": "BF16_BF16_F32_X6", "bf16x9": "BF16_BF16_F32_X9"}
 
 
 def run_row(spec: dict) -> dict:
     """Time one (model, dtype, kind) row in this process; returns its JSON row."""
     import jax
-    precision = "highest" if spec["dtype"] == "fp32" else None
+    precision = FP32_MATMUL[spec.get("fp32_matmul", "highest")] if spec["dtype"] == "fp32" else None
     with jax.default_matmul_precision(precision):
         return _run_row(spec)
 
@@ -170,7 +173,8 @@ def _run_row(spec: dict) -> dict:
             "times_s": timing.times, "final_loss": float(timing.out[2]["loss"]),
             "peak_mem_gb": None if peak is None else peak / GiB,
             "step_mem_gb": None if step_bytes is None else step_bytes / GiB, "build_s": build_s,
-            "prng": tc.prng_impl, "remat": tc.remat, "dropout": not spec.get("no_dropout", False)}
+            "prng": tc.prng_impl, "remat": tc.remat, "dropout": not spec.get("no_dropout", False),
+            "fp32_matmul": spec.get("fp32_matmul", "highest") if spec["dtype"] == "fp32" else None}
 
 
 # ----------------------------------------------------------------------------- driver
@@ -268,6 +272,10 @@ def main(argv=None):
                          "layer (store layer inputs)")
     ap.add_argument("--prng", default="rbg", help="PRNG of the dropout masks: rbg (default), unsafe_rbg, "
                                                   "threefry2x32 (TrainConfig.prng_impl)")
+    ap.add_argument("--fp32-matmul", default="highest",
+                    help="matmul algorithm of the fp32 rows: highest (default: fp32 FMAs, no TF32), bf16x6 or bf16x9 "
+                         "(XLA's BF16_BF16_F32_X6/X9: fp32 operands split into bf16 parts on the tensor cores, "
+                         "fp32-level accuracy)")
     ap.add_argument("--no-dropout", action="store_true", help="no dropout (diagnosis: the RNG's share of a step)")
     ap.add_argument("--peer", default=None, help="path of the peer script, or 'none' "
                                                  "(default: benchmarks/peers/torch_finetune.py; none with --small)")
@@ -296,6 +304,7 @@ def main(argv=None):
         harness.check_choices(name, values, known)
     from ntkfuse.finetune.train import PRNG_IMPLS
     harness.check_choices("prng", [args.prng], PRNG_IMPLS)
+    harness.check_choices("fp32-matmul", [args.fp32_matmul], tuple(FP32_MATMUL))
     if "full" not in kinds:
         kinds.insert(0, "full")   # savings are relative to the full model
     for name in ("seq", "width", "steps"):
@@ -313,7 +322,8 @@ def main(argv=None):
                            "remat": args.remat, "peer": None if peer is None else str(peer),
                            "bf16": "TrainConfig(compute_dtype='bfloat16'): fp32 master params cast to bfloat16 "
                                    "inside the jitted step", "prng": args.prng, "dropout": not args.no_dropout,
-                           "fp32": "jax_default_matmul_precision=highest (no TF32)"},
+                           "fp32": f"jax_default_matmul_precision={FP32_MATMUL[args.fp32_matmul]} (no TF32)",
+                           "fp32_matmul": args.fp32_matmul},
               "comparable_with_peer": comparable, "results": []}
     with tempfile.TemporaryDirectory() as tmp:
         for model in models:
@@ -324,7 +334,7 @@ def main(argv=None):
                     spec = {"model": model, "dtype": dtype, "kind": kind, "small": small, "batch": batch,
                             "seq": args.seq, "layers": layers, "width": args.width, "warmup": args.warmup,
                             "steps": args.steps, "seed": args.seed, "scan": args.scan, "prng": args.prng,
-                            "remat": args.remat, "no_dropout": args.no_dropout}
+                            "remat": args.remat, "no_dropout": args.no_dropout, "fp32_matmul": args.fp32_matmul}
                     # A fresh process per row keeps device peaks apart; --small (CPU, no peak) saves the starts.
                     ours[kind] = run_row(spec) if small else _subprocess_row(spec)
                     r = ours[kind]

@@ -17,7 +17,9 @@ Three parts, each in fresh processes so that a first call really compiles:
            weights written by transformers, layers 4-11 → 768, 96 sentences × 128 tokens,
            all 7 methods, n_init 30, one seed, no task set), with the cache off, per
            --compare-variants (unrolled = the default, scan = `--scan-layers`, autotune =
-           `--autotune`): wall time of the process and the per-method times of its results.
+           `--autotune`, jobs1 = `--jobs 1`, one method run at a time): wall time of the
+           process split into start-up (interpreter and imports), loading, the run and the
+           reports, and the per-method times of its results.
 
 Targets (the issue's): ntk first call ≤ 10 s with warm ≤ 0.21 s; compare ≤ 60 s; cached
 first call ≤ 5 s. One JSON (--out) names the device, every number and the checks.
@@ -117,7 +119,7 @@ def write_data(path: Path, n: int, words: int, seed: int = 0) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-COMPARE_FLAGS = {"unrolled": [], "scan": ["--scan-layers"], "autotune": ["--autotune"]}
+COMPARE_FLAGS = {"unrolled": [], "scan": ["--scan-layers"], "autotune": ["--autotune"], "jobs1": ["--jobs", "1"]}
 
 
 def compare_run(args, work: Path, variant: str) -> dict:
@@ -128,7 +130,8 @@ def compare_run(args, work: Path, variant: str) -> dict:
            "--seeds", "0", "--task-examples", "0", "--no-compile-cache", "--fresh", "--no-progress",
            "--out", str(out)]
     wall = _run(cmd + COMPARE_FLAGS[variant], _env(), f"compare {variant}")
-    return {"wall_s": wall, "result": json.loads((out / "results.json").read_text())}
+    return {"wall_s": wall, "result": json.loads((out / "results.json").read_text()),
+            "timings": json.loads((out / "timings.json").read_text())}
 
 
 def parse_flag_sets(text: str) -> dict:
@@ -160,7 +163,7 @@ def main():
     ap.add_argument("--n-init", type=int, default=30)
     ap.add_argument("--compare-variants", default="unrolled",
                     help="compare part: comma list of unrolled (the default), scan (--scan-layers), autotune "
-                         "(--autotune)")
+                         "(--autotune), jobs1 (--jobs 1)")
     ap.add_argument("--xla-flag-sets", default="",
                     help="ntk part: also run the headline variant once per NAME=FLAGS (';'-separated), each in "
                          "a fresh process with FLAGS added to XLA_FLAGS, e.g. "
@@ -223,11 +226,13 @@ def main():
                     "compare variants", [v for v in args.compare_variants.split(",") if v], tuple(COMPARE_FLAGS)):
                 r = compare_run(args, work, variant)
                 res = r["result"]
+                t = r["timings"]
                 result["compare"][variant] = {
-                    "process_wall_s": r["wall_s"], "run_wall_s": res.get("wall_s"),
+                    "process_wall_s": r["wall_s"], "run_wall_s": res.get("wall_s"), "jobs": res.get("jobs"),
+                    "startup_s": r["wall_s"] - t["cli_s"], "load_s": t["load_s"], "reports_s": t["reports_s"],
                     "reference_s": res["reference"]["time_s"],
-                    "rows": [{k: row.get(k) for k in ("method", "seed", "compress_s", "kernel_s", "time_s",
-                                                      "ntk_rel", "sign_rel", "out_err_layer")}
+                    "rows": [{k: row.get(k) for k in ("method", "seed", "compress_s", "kernel_s", "out_err_s",
+                                                      "time_s", "ntk_rel", "sign_rel", "out_err_layer")}
                              for row in res["results"]]}
                 harness.write_json(out, result, default=float)
     checks = {}

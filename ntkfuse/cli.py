@@ -106,6 +106,11 @@ def _parser() -> argparse.ArgumentParser:
       help="compile the kernels, output errors, k-means and mmd fit with XLA's autotuned Triton GEMMs (default "
            "off: on an H100 the NTK's first call took 67 s with them and 9.6 s without, the warm call 12%% longer "
            "without)")
+    a("--precision", help="matmul precision of the kernels and outputs: highest (default: float32) or default "
+      "(XLA's: TF32 on NVIDIA GPUs since Ampere, faster but ~1e-3 relative, and which kernels autotuning "
+      "picks can change the numbers between runs)")
+    a("--jobs", type=int, help="method runs worked on at once, so that their XLA compiles overlap (default 0: "
+      "auto, up to 4 on a GPU/TPU, 1 on a CPU; speed only, same numbers)")
     a("--out", help="output directory (default results/ntk_compare/<model>-<config hash>)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--resume", action="store_true",
@@ -118,7 +123,7 @@ def _parser() -> argparse.ArgumentParser:
 
 _FLAG_FIELDS = ("model", "methods", "layers", "width", "ntk_params", "kernel", "n_examples", "max_length", "data",
                 "seeds", "output", "class_index", "reduction", "n_init", "reference_protocol", "chunk", "per_layer",
-                "task_examples", "task_folds", "scan_layers", "autotune")
+                "task_examples", "task_folds", "scan_layers", "autotune", "precision", "jobs")
 
 
 def load_recipe(path: str) -> dict:
@@ -217,6 +222,7 @@ def compare_main(argv: Optional[Sequence[str]] = None) -> int:
         from .experiments.device import describe_device
         config, out, protocols = build_config(args)
         _log("loading model and data ...")
+        t_load = time.perf_counter()
         if protocols is None:
             runs = [(compare.prepare(config), Path(out) if out else None)]
         else:   # every protocol checked (and the model loaded once) before any work
@@ -228,16 +234,22 @@ def compare_main(argv: Optional[Sequence[str]] = None) -> int:
             root = Path(out) if out else compare.default_out_dir(runs[-1][0]).with_name(
                 compare.default_out_dir(runs[-1][0]).name + "-protocols")
             runs = [(plan, root / name) for plan, name in runs]
-        results, files = [], {}
+        load_s = time.perf_counter() - t_load
+        results, files, times = [], {}, []
         for plan, where in runs:
             out = where or compare.default_out_dir(plan)
             _log(compare.describe({"config": plan.resolved(), "data": compare.data_summary(plan),
                                   "device": describe_device()}))
             _log(f"methods: {', '.join(plan.methods)}; seeds {','.join(map(str, plan.config.seeds))}; results in {out}")
+            t_run = time.perf_counter()
             result = compare.run(plan, out, progress=not args.no_progress, fresh=args.fresh, log=_log)
+            t_rep = time.perf_counter()
             files.update({f"{out.name}/{k}" if protocols else k: v
                           for k, v in compare.write_reports(result, out).items()})
+            times.append({"run_s": t_rep - t_run, "reports_s": time.perf_counter() - t_rep})
             results.append(result)
+            _write_timings(out, {"load_s": load_s, **times[-1], "jobs": result["jobs"],
+                                 "cli_s": time.perf_counter() - t0})
         if protocols is not None:
             files.update(compare.write_protocols(results, root))
     except KeyboardInterrupt:
@@ -252,10 +264,20 @@ def compare_main(argv: Optional[Sequence[str]] = None) -> int:
         print(compare.format_tables(result))
         print()
     reused = [x for r in results for x in r["reused"]]
-    print(f"wall time {time.perf_counter() - t0:.1f} s (this process; reused methods: "
-          f"{', '.join(reused) or 'none'})")
+    print(f"wall time {time.perf_counter() - t0:.1f} s (this process: loading {load_s:.1f} s, runs "
+          f"{sum(t['run_s'] for t in times):.1f} s, reports {sum(t['reports_s'] for t in times):.1f} s; "
+          f"reused methods: {', '.join(reused) or 'none'})")
     print("wrote " + ", ".join(str(f) for f in files.values()))
     return 0
+
+
+def _write_timings(out: Path, timings: dict) -> None:
+    """out/timings.json: where this process's time went (loading, the run, the reports; `cli_s`
+    from the entry point's start, so a process's start-up is its wall time minus cli_s)."""
+    import json
+
+    from .files import atomic_write
+    atomic_write(Path(out) / "timings.json", json.dumps(timings, indent=1) + "\n")
 
 
 FIT_SURROGATES_HELP = """Fit surrogate MLPs for chosen layers of a model and report what fitting buys.

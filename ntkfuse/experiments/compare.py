@@ -20,10 +20,14 @@ kernel (the "kernel view" of fine-tuning).
 """
 from __future__ import annotations
 
+import concurrent.futures as cf
+import contextvars
 import dataclasses
 import io
 import math
+import os
 import re
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -45,6 +49,7 @@ from .store import open_store
 KERNEL_KINDS = ("ntk", "sign")
 NTK_PARAMS = ("compressed", "all-mlps", "all")
 OUTPUTS = ("class-prob", "target-logprob")
+PRECISIONS = ("highest", "default")
 DEFAULT_N_INIT = 3  # reference: 30 restarts; 3 keeps the default run well inside 2 minutes on a 2-core CPU
 DEFAULT_SEEDS = (0, 1, 2)  # three draws of every random method: the default run stays near 2 minutes on 2 CPU cores
 DEFAULT_TASK_EXAMPLES = 100  # the whole shipped sentiment sample (50/50 labels)
@@ -89,6 +94,10 @@ class CompareConfig:
     scan_layers: bool = False                # kernels scan the layer stack (speed/memory only; not in the hash)
     autotune: bool = False                   # XLA's autotuned GEMMs in the one-shot programs (`ntkfuse.compile`;
                                              # speed only, not in the hash)
+    precision: str = "highest"               # matmul precision of kernels and outputs: highest (float32) or
+                                             # default (XLA's: TF32 on NVIDIA GPUs, faster, ~1e-3 relative)
+    jobs: int = 0                            # (method, seed) rows worked on at once so that their XLA compiles
+                                             # overlap; 0: auto (`resolve_jobs`); speed only, not in the hash
 
     def replace(self, **kw) -> "CompareConfig":
         return dataclasses.replace(self, **kw)
@@ -226,6 +235,9 @@ def check_settings(config: CompareConfig) -> tuple:
         raise CompareError(f"--max-length must be >= 2, got {config.max_length}")
     if config.chunk is not None:
         validate.check_positive("chunk", config.chunk, integer=True, error=CompareError)
+    validate.check_choice("--precision", config.precision, PRECISIONS, error=CompareError)
+    if isinstance(config.jobs, bool) or not isinstance(config.jobs, int) or config.jobs < 0:
+        raise CompareError(f"--jobs must be an integer >= 0 (0: auto), got {config.jobs!r}")
     parse_seeds(config.seeds)
     if not isinstance(config.task_examples, int) or config.task_examples < 0:
         raise CompareError(f"--task-examples must be an integer >= 0, got {config.task_examples!r}")
@@ -353,12 +365,13 @@ def cv_accuracy(K, labels, n_folds: int, num_classes: int, ridge: float = TASK_R
 
 def config_hash(plan: Plan) -> str:
     """Hash of everything that determines the reference kernel and every method's inputs
-    (not the method list, not method options, not chunk, scan_layers or autotune); see `method_hash`."""
+    (not the method list, not method options, not chunk, scan_layers, autotune or jobs); see `method_hash`."""
     c = plan.config
     key = {"version": __version__, "model": c.model, "model_config": plan.cfg.to_dict(), "layers": plan.layers,
            "width": plan.width, "ntk_params": c.ntk_params, "kernel": sorted(parse_list(c.kernel)),
            "output": plan.output, "class_index": c.class_index, "reduction": c.reduction,
-           "reference_protocol": c.reference_protocol, "output_layer": plan.output_layer}
+           "reference_protocol": c.reference_protocol, "output_layer": plan.output_layer,
+           "precision": c.precision}
     return hashing.config_hash(key, plan.batch)
 
 
@@ -388,24 +401,26 @@ def _kinds(plan: Plan) -> tuple:
     return tuple(k for k in KERNEL_KINDS if k in parse_list(plan.config.kernel))
 
 
-def _kernels(plan: Plan, params, scalar, selector, batch=None) -> dict:
+def _kernels(plan: Plan, params, scalar, selector, batch=None, budget=None) -> dict:
     from .. import ntk
     ks = ntk.kernels(plan.cfg, params, plan.batch if batch is None else batch, output=scalar, selector=selector,
-                     kinds=_kinds(plan), chunk=plan.config.chunk, scan_layers=plan.config.scan_layers)
+                     kinds=_kinds(plan), chunk=plan.config.chunk, scan_layers=plan.config.scan_layers,
+                     memory_budget_bytes=budget)
     return {k: np.asarray(jax.device_get(ks[k]), np.float64) for k in _kinds(plan)}
 
 
-def _all_kernels(plan: Plan, params) -> dict:
-    """{"full": {kind: K}, "layers": {layer: {kind: K}} (per-layer runs), "task": {kind: K} (labelled set)}."""
+def _all_kernels(plan: Plan, params, budget: Optional[int] = None) -> dict:
+    """{"full": {kind: K}, "layers": {layer: {kind: K}} (per-layer runs), "task": {kind: K} (labelled set)}.
+    `budget`: the kernels' memory budget in bytes (None: the engine's default)."""
     from .. import ntk
     scalar = _scalar_output(plan.config, plan.cfg, plan.output)
-    out = {"full": _kernels(plan, params, scalar, _selector(plan)), "layers": {}, "task": None}
+    out = {"full": _kernels(plan, params, scalar, _selector(plan), budget=budget), "layers": {}, "task": None}
     if plan.per_layer:
         out["layers"] = ntk.layer_kernels(plan.cfg, params, plan.batch, plan.layers, output=scalar,
                                           kinds=_kinds(plan), chunk=plan.config.chunk,
-                                          scan_layers=plan.config.scan_layers)
+                                          scan_layers=plan.config.scan_layers, memory_budget_bytes=budget)
     if plan.task_batch is not None:
-        out["task"] = _kernels(plan, params, scalar, _selector(plan), plan.task_batch)
+        out["task"] = _kernels(plan, params, scalar, _selector(plan), plan.task_batch, budget=budget)
     return out
 
 
@@ -423,7 +438,7 @@ def _unflat(flat: dict, plan: Plan) -> dict:
             "task": {k: flat[f"task_{k}"] for k in kinds} if plan.task_batch is not None else None}
 
 
-def reference_kernels(plan: Plan, out_dir: Optional[Path]) -> dict:
+def reference_kernels(plan: Plan, out_dir: Optional[Path], budget: Optional[int] = None) -> dict:
     """Kernels of the uncompressed model (`_all_kernels`), cached in out_dir/reference.npz
     under the config and extras hashes."""
     cache = out_dir / "reference.npz" if out_dir is not None else None
@@ -434,7 +449,7 @@ def reference_kernels(plan: Plan, out_dir: Optional[Path]) -> dict:
                     return _unflat({k: z[k] for k in z.files}, plan)
         except Exception:
             pass  # unreadable or older cache: recompute
-    ks = _all_kernels(plan, plan.params)
+    ks = _all_kernels(plan, plan.params, budget)
     if cache is not None:
         buf = io.BytesIO()
         np.savez(buf, config_hash=np.asarray(plan.config_hash), extras_hash=np.asarray(plan.extras_hash),
@@ -455,6 +470,17 @@ def reference_row(plan: Plan, K_ref: dict) -> dict:
     return row
 
 
+_KMEANS_LOCKS: dict = {}
+_KMEANS_LOCKS_GUARD = threading.Lock()
+
+
+def _kmeans_lock(cache: dict, key) -> threading.Lock:
+    """One lock per (cache, key): concurrent rows (`run` with jobs > 1) wanting the same k-means
+    wait for the first one instead of computing it twice."""
+    with _KMEANS_LOCKS_GUARD:
+        return _KMEANS_LOCKS.setdefault((id(cache), key), threading.Lock())
+
+
 def _kmeans_for(plan: Plan, method: str, seed: int, cache: Optional[dict]):
     """(k-means of fusion/cluster, seconds spent on it, whether it came from `cache`).
     The cache key holds everything the k-means depends on besides the plan's params."""
@@ -462,13 +488,21 @@ def _kmeans_for(plan: Plan, method: str, seed: int, cache: Optional[dict]):
     opts = {**{k: C.OPTIONS[method][k] for k in KMEANS_OPTIONS}, **method_options(plan.config, method)}
     opts = {k: opts[k] for k in KMEANS_OPTIONS}
     ck = (plan.layers, plan.width, seed, tuple(sorted(opts.items())))
-    if cache is not None and ck in cache:
-        return cache[ck], 0.0, True
+    if cache is None:
+        return _kmeans(plan, method, seed, opts)
+    with _kmeans_lock(cache, ck):
+        if ck in cache:
+            return cache[ck], 0.0, True
+        km, secs, _ = _kmeans(plan, method, seed, opts)
+        cache[ck] = km
+        return km, secs, False
+
+
+def _kmeans(plan: Plan, method: str, seed: int, opts: dict):
+    from .. import compress as C
     t0 = time.perf_counter()
     km = C.kmeans_layers(plan.params, plan.layers, plan.width, method_key(seed, method), **opts)
     jax.block_until_ready(jax.tree_util.tree_leaves(km))
-    if cache is not None:
-        cache[ck] = km
     return km, time.perf_counter() - t0, False
 
 
@@ -496,47 +530,70 @@ def run_method(plan: Plan, method: str, K_ref: dict, kmeans_cache: Optional[dict
     against the original (one result row). `kmeans_cache` (a dict kept across calls with the
     same plan) lets fusion and cluster share one k-means; the result is identical to
     computing it in each."""
-    from .. import compress as C
-    cfg, params, layers = plan.cfg, plan.params, plan.layers
     seed = plan.config.seeds[0] if seed is None else int(seed)
+    new, info = compress_row(plan, method, seed, kmeans_cache)
+    K_new, info["kernel_s"] = _timed(_all_kernels, plan, new)
+    oe, info["out_err_s"] = _timed(row_output_error, plan, new)
+    return assemble_row(plan, method, seed, new, K_new, oe, K_ref, info)
+
+
+def _timed(fn, *args):
+    t0 = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - t0
+
+
+def compress_row(plan: Plan, method: str, seed: int, kmeans_cache: Optional[dict] = None):
+    """(compressed params, {"compress_s", k-means info}) of one (method, seed) row."""
+    from .. import compress as C
     opts = method_options(plan.config, method)
     t0 = time.perf_counter()
-    extra, km_info = {}, {}
+    extra, info = {}, {}
     if method in KMEANS_METHODS:
         km, km_s, shared = _kmeans_for(plan, method, seed, kmeans_cache)
         extra["kmeans_result"] = km
-        km_info = {"kmeans_s": km_s, "kmeans_reused": shared}
-    new = C.compress(cfg, params, method, layers, plan.width, method_key(seed, method), **extra, **opts)
+        info = {"kmeans_s": km_s, "kmeans_reused": shared}
+    new = C.compress(plan.cfg, plan.params, method, plan.layers, plan.width, method_key(seed, method),
+                     **extra, **opts)
     jax.block_until_ready(jax.tree_util.tree_leaves(new))
-    t_compress = time.perf_counter() - t0
-    K_new = _all_kernels(plan, new)
-    t_kernel = time.perf_counter() - t0 - t_compress
-    measures = kernel_measures(plan, K_new, K_ref)
+    return new, {"compress_s": time.perf_counter() - t0, **info}
+
+
+def row_output_error(plan: Plan, new) -> dict:
+    """Output error of a compressed model at the plan's output layer and at the logits."""
     from .. import ntk
     # output_error indexes HF-style hidden states: layer l's output is cfg.hidden_state_index(l) (l + 1; an
     # encoder-decoder's decoder layers l + 2)
-    oe = ntk.output_error(cfg, params, new, [plan.batch], cfg.hidden_state_index(plan.output_layer))
-    total = time.perf_counter() - t0
-    row = {
+    return ntk.output_error(plan.cfg, plan.params, new, [plan.batch], plan.cfg.hidden_state_index(plan.output_layer))
+
+
+def assemble_row(plan: Plan, method: str, seed: int, new, K_new: dict, oe: dict, K_ref: dict, info: dict) -> dict:
+    """One result row from a row's compressed params, kernels, output error and timings. `time_s`
+    is the sum of the row's own steps (with jobs > 1 rows overlap, so rows' times add up to more
+    than the run's wall time)."""
+    from .. import compress as C
+    layers = plan.layers
+    km_info = {k: info[k] for k in ("kmeans_s", "kmeans_reused") if k in info}
+    return {
         "method": method,
         "seed": seed if is_random(method) else None,
-        "options": opts,
+        "options": method_options(plan.config, method),
         "mlp_params": C.param_count(new, layers),
-        "mlp_params_orig": C.param_count(params, layers),
+        "mlp_params_orig": C.param_count(plan.params, layers),
         "mlp_nonzero": C.nonzero_params(new, layers),   # counted on the host: no per-shape compiles
         "total_params": C.param_count(new),
-        "total_params_orig": C.param_count(params),
+        "total_params_orig": C.param_count(plan.params),
         "out_err_layer": float(oe["layer"]),
         "out_err_logits": float(oe["logits"]),
-        **measures,
-        "compress_s": t_compress,
-        "kernel_s": t_kernel,
-        "time_s": total,
+        **kernel_measures(plan, K_new, K_ref),
+        "compress_s": info["compress_s"],
+        "kernel_s": info["kernel_s"],
+        "out_err_s": info["out_err_s"],
+        "time_s": info["compress_s"] + info["kernel_s"] + info["out_err_s"],
         **km_info,
         "block_kinds": sorted({type(get_mlp(new, l)).__name__ for l in layers}),
         "method_hash": method_hash(plan, method, seed),
     }
-    return row
 
 
 def open_out_dir(plan: Plan, out_dir: Path, fresh: bool = False):
@@ -558,35 +615,61 @@ def run(plan: Plan, out_dir: Optional[Path] = None, *, progress: bool = True, fr
     method under "summary". `out_dir=None` keeps everything in memory."""
     from ..compile import autotune
     with autotune(plan.config.autotune):
-        return _run(plan, out_dir, progress=progress, fresh=fresh, log=log)
+        return _in_precision(plan.config.precision, _run, plan, out_dir, progress, fresh, log)
 
 
-def _run(plan: Plan, out_dir: Optional[Path], *, progress: bool, fresh: bool, log: Callable[[str], None]) -> dict:
+MAX_AUTO_JOBS = 4
+
+
+def resolve_jobs(jobs: int, todo: int) -> int:
+    """Rows worked on at once. 0 (auto): on an accelerator up to 4 and at most half the CPU
+    cores (XLA compiles on the host; each compile uses several threads), on a CPU 1 (there
+    compiling and running compete for the same cores); never more than the rows to run."""
+    if jobs == 0:
+        jobs = 1 if jax.default_backend() == "cpu" else min(MAX_AUTO_JOBS, max(1, (os.cpu_count() or 1) // 2))
+    return max(1, min(int(jobs), max(todo, 1)))
+
+
+def _run(plan: Plan, out_dir: Optional[Path], progress: bool, fresh: bool, log: Callable[[str], None]) -> dict:
     from tqdm.auto import tqdm
     store = open_out_dir(plan, Path(out_dir), fresh) if out_dir is not None else None
     out_dir = store.root if store is not None else None
     started = time.perf_counter()
-    t0 = time.perf_counter()
-    log(f"reference kernels ({', '.join(parse_list(plan.config.kernel))}) of the original model ...")
-    K_ref = reference_kernels(plan, out_dir)
-    ref_s = time.perf_counter() - t0
-    rows, reused, kmeans_cache = [], [], {}
     ids = row_ids(plan)
-    bar = tqdm(ids, desc="methods", unit="run", disable=not progress, leave=False)
-    for rid in bar:
-        method, seed = rid[0], (rid[1] if len(rid) > 1 else plan.config.seeds[0])
-        bar.set_postfix_str(" seed ".join(map(str, rid)))
+    done, reused = {}, []
+    for rid in ids:
+        method, seed = _method_seed(plan, rid)
         row = store.load_row(rid, method_hash(plan, method, seed)) if store is not None else None
         if row is not None:
+            done[rid] = row
             reused.append(rid[0] if len(plan.config.seeds) == 1 else _rid_str(rid))
-        else:
-            row = run_method(plan, method, K_ref, kmeans_cache, seed)
-            if store is not None:
-                store.save_row(rid, row)
-        rows.append(row)
+    todo = [rid for rid in ids if rid not in done]
+    jobs = resolve_jobs(plan.config.jobs, len(todo))
+    log(f"reference kernels ({', '.join(parse_list(plan.config.kernel))}) of the original model"
+        + (f", {len(todo)} method runs, {jobs} at a time" if jobs > 1 else "") + " ...")
+    bar = tqdm(total=len(todo), desc="methods", unit="run", disable=not progress, leave=False)
+
+    def finished(rid, row):
+        if store is not None:
+            store.save_row(rid, row)
+        done[rid] = row
+        bar.update(1)
+        bar.set_postfix_str(" seed ".join(map(str, rid)))
+
+    if jobs == 1:
+        t0 = time.perf_counter()
+        K_ref = reference_kernels(plan, out_dir)
+        ref_s = time.perf_counter() - t0
+        kmeans_cache: dict = {}
+        for rid in todo:
+            method, seed = _method_seed(plan, rid)
+            finished(rid, run_method(plan, method, K_ref, kmeans_cache, seed))
+    else:
+        K_ref, ref_s = _run_concurrent(plan, out_dir, todo, jobs, finished)
     bar.close()
     if reused:
         log(f"reused finished results from {out_dir}/methods: {', '.join(reused)}")
+    rows = [done[rid] for rid in ids]
     ref_norm = {k: float(np.linalg.norm(v)) for k, v in K_ref["full"].items()}
     return {
         "tool": "ntk_compare",
@@ -598,11 +681,111 @@ def _run(plan: Plan, out_dir: Optional[Path], *, progress: bool, fresh: bool, lo
         "results": rows,
         "summary": summarise(rows),
         "reused": reused,
+        "jobs": jobs,
         "versions": versions(),
         "device": describe_device(),
         "timestamp": timestamp(),
         "wall_s": time.perf_counter() - started,
     }
+
+
+def _method_seed(plan: Plan, rid) -> tuple:
+    return rid[0], (rid[1] if len(rid) > 1 else plan.config.seeds[0])
+
+
+def _signature(params) -> tuple:
+    """What decides which compiled programs a params tree needs: its tree (block kinds and their
+    static fields) and every leaf's shape and dtype."""
+    leaves, tree = jax.tree_util.tree_flatten(params)
+    return tree, tuple((tuple(x.shape), str(x.dtype)) for x in leaves)
+
+
+def _in_precision(precision: str, fn, *args):
+    """fn(*args) under the run's matmul precision (JAX keeps it per thread)."""
+    with jax.default_matmul_precision(None if precision == "default" else precision):
+        return fn(*args)
+
+
+def _run_concurrent(plan: Plan, out_dir: Optional[Path], todo: list, jobs: int, finished) -> tuple:
+    """The reference kernels and every row's steps (compress; then kernels and output error) as
+    tasks on `jobs` threads, so that XLA compiles the programs of different block structures
+    at the same time (compilation runs on the host with the GIL released; the device runs one
+    program after another).
+
+    A task is handed to the pool only when what it waits for has finished, so no thread sits
+    idle: a later seed of a method after its first seed, cluster after fusion of the same seed
+    (they share one k-means), and a step whose program another task compiles (same params
+    structure, `_signature`; a row shaped like the original waits for the reference) after that
+    task, whose compiled program it then reuses. Same programs and numbers as one at a time,
+    except that kernel tasks plan within a share of the memory budget (the original-shaped ones
+    half, the others the rest split between the other threads), which can change the engine's
+    chunking but not its result beyond rounding. Rows are saved as they finish; an error
+    cancels what has not started and is raised."""
+    from ..ntk.kernels import default_memory_budget
+    budget = default_memory_budget()
+    ref_budget, row_budget = budget // 2, budget // (2 * max(jobs - 1, 1))
+    precision, kmeans_cache = plan.config.precision, {}
+    pool = cf.ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="ntk_compare")
+    futures: dict = {}    # task name -> Future
+    waiting: list = []    # (name, names it waits for, fn, args)
+
+    def later(name, deps, fn, *args):
+        waiting.append((name, [d for d in deps if d is not None], fn, args))
+
+    def submit_ready():
+        for item in list(waiting):
+            name, deps, fn, args = item
+            if all(d in futures and futures[d].done() for d in deps):
+                waiting.remove(item)   # each task sees the caller's context variables (ntkfuse.compile.autotune)
+                futures[name] = pool.submit(contextvars.copy_context().run, _in_precision, precision, fn, *args)
+
+    orig = _signature(plan.params)
+    first = {("k", orig): ("ref",), ("o", orig): ("ref_out",)}
+    ids = {(rid[0], _method_seed(plan, rid)[1]): rid for rid in todo}
+    later(("ref",), [], _timed, reference_kernels, plan, out_dir, ref_budget)
+    later(("ref_out",), [], row_output_error, plan, plan.params)   # compiles the original's forward once
+    for rid in todo:
+        method, seed = _method_seed(plan, rid)
+        deps = [first.get(("c", method))]
+        if method == "cluster" and ("fusion", seed) in ids:
+            deps.append(("c", ids[("fusion", seed)]))
+        later(("c", rid), deps, compress_row, plan, method, seed, kmeans_cache)
+        first.setdefault(("c", method), ("c", rid))
+    handled, rows = set(), {}
+    try:
+        submit_ready()
+        while waiting or len(handled) < len(futures):
+            open_ = [f for n, f in futures.items() if n not in handled]
+            if not open_:   # cannot happen: every task waits only for tasks created before it
+                raise RuntimeError(f"ntk_compare: tasks wait for nothing running: {[w[0] for w in waiting]}")
+            cf.wait(open_, return_when=cf.FIRST_COMPLETED)
+            for name, fut in list(futures.items()):
+                if name in handled or not fut.done():
+                    continue
+                handled.add(name)
+                result = fut.result()       # a failed task raises here
+                if name[0] == "c":          # compressed: its kernels and output error can be planned
+                    rid, (new, info) = name[1], result
+                    sig = _signature(new)
+                    later(("k", rid), [first.get(("k", sig))], _timed, _all_kernels, plan, new,
+                          ref_budget if sig == orig else row_budget)
+                    later(("o", rid), [first.get(("o", sig), ("ref_out",))], _timed, row_output_error, plan, new)
+                    first.setdefault(("k", sig), ("k", rid))
+                    first.setdefault(("o", sig), ("o", rid))
+                    rows[rid] = (new, info)
+            submit_ready()
+            ref_done = ("ref",) in handled
+            for rid in [r for r in rows if ref_done and {("k", r), ("o", r)} <= handled]:
+                new, info = rows.pop(rid)
+                (K_new, info["kernel_s"]), (oe, info["out_err_s"]) = (futures[("k", rid)].result(),
+                                                                      futures[("o", rid)].result())
+                method, seed = _method_seed(plan, rid)
+                finished(rid, assemble_row(plan, method, seed, new, K_new, oe, futures[("ref",)].result()[0], info))
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    return futures[("ref",)].result()
 
 
 def _rid_str(rid) -> str:
