@@ -179,7 +179,11 @@ def main():
               "versions": harness.versions(), "targets": TARGETS,
               "settings": {"n": args.n, "seq": args.seq, "repeats": args.repeats, "variants": variants,
                            "compare": {"n_examples": args.compare_n, "layers": args.compare_layers,
-                                       "width": args.compare_width, "n_init": args.n_init, "seeds": [0]}}}
+                                       "width": args.compare_width, "n_init": args.n_init, "seeds": [0]},
+                           # Python's bytecode cache: with PYTHONDONTWRITEBYTECODE set every process compiles
+                           # torch's and transformers' sources again (seconds of start-up and loading)
+                           "python_env": {k: os.environ.get(k) for k in ("PYTHONDONTWRITEBYTECODE",
+                                                                         "PYTHONPYCACHEPREFIX")}}}
     out = Path(args.out)
     with tempfile.TemporaryDirectory(prefix="ntkfuse-first-call-") as tmp:
         work = Path(tmp)
