@@ -97,7 +97,7 @@ def empirical_ntk_fn(f: Callable, trace_axes: Sequence[int] = (-1,), diagonal_ax
         else:
             one = lambda p, xi: f(p, jax.tree_util.tree_map(lambda a: a[None], xi))[0]   # noqa: E731
             per = jax.vmap(jax.jacrev(one), in_axes=(None, 0))
-            jac = _chunked_map(lambda xs: per(params, xs), x, n, chunk or n)
+            jac = _chunked_map(lambda xs: per(params, xs), x, n, chunk or n, keep_padding=True)
         out = jax.eval_shape(f, params, x)
         if not hasattr(out, "ndim") or out.ndim < 1:
             raise NTKConfigError("f must return one array with the example axis first, (N, *O)")
@@ -107,6 +107,9 @@ def empirical_ntk_fn(f: Callable, trace_axes: Sequence[int] = (-1,), diagonal_ax
 
     @jax.jit
     def ntk_fn(x1, x2, params):
+        # jacobians keep their padded rows (see kernels._chunked_map); the kernel drops them
+        n1 = jax.tree_util.tree_leaves(x1)[0].shape[0]
+        n2 = n1 if x2 is None else jax.tree_util.tree_leaves(x2)[0].shape[0]
         ja, n_out = jacobians(params, x1)
         jb = ja if x2 is None else jacobians(params, x2)[0]
         trace = _norm_axes(trace_axes, n_out, "trace_axes")
@@ -116,6 +119,7 @@ def empirical_ntk_fn(f: Callable, trace_axes: Sequence[int] = (-1,), diagonal_ax
             part = _contract(a.astype(jnp.float32), b.astype(jnp.float32), kind, trace, diag, n_out)
             k = part if k is None else k + part
         traced = math.prod(ja[0].shape[1 + i] for i in trace)
+        k = k[:n1, :n2]
         return k / traced if traced > 1 else k
 
     return ntk_fn
