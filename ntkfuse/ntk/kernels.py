@@ -40,6 +40,7 @@ kernels, so fusion results of equal shapes share one program whatever their clus
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -47,7 +48,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from .. import sharding
-from ..compile import autotune as _autotune_ctx, oneshot_jit
+from ..compile import autotune as _autotune_ctx, autotuning as compile_autotuning, oneshot_jit
 from ..dtypes import as_dtype
 from ..frozen import cast_floating
 from ..models import check_batch
@@ -734,6 +735,10 @@ def kernels(cfg, params, batch, *, output=None, selector=None, kinds=("ntk", "si
                             gram_impl=gram_impl)
         kinds = tuple(kinds)
         gram = dict(gram=gram_precision, impl=plan.gram_impl)
+        if gram_precision != "highest" and jax.default_backend() == "gpu" and not compile_autotuning():
+            warnings.warn(f"gram_precision={gram_precision!r} without autotuning: on an H100 XLA's cuBLAS path made "
+                          f"the bf16x6 Gram 1.9e-4 off and slower than 'highest' (with Triton GEMMs, autotune=True: "
+                          f"1.7e-7); use autotune=True or gram_precision='highest'", stacklevel=2)
         dtype = _dtype(compute_dtype)
         if plan.strategy == "tokens":
             spec = _tokens_spec(params, list(plan.blocks[0]))
