@@ -504,7 +504,8 @@ def finetune_main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
-PERPLEXITY_HELP = """Perplexity of a decoder LM (GPT-2, Llama, Mistral, Qwen2) on a local text file, for the
+PERPLEXITY_HELP = """Perplexity of a decoder LM (GPT-2, Llama, Mistral, Qwen2; an encoder-decoder such as Switch is
+conditioned on each window's context through its encoder) on a local text file, for the
 original model and for each compressed model, with the standard sliding window.
 
     python scripts/perplexity.py --model gpt2 --text wiki.test.raw

@@ -14,6 +14,15 @@ context inside its window), as in Hugging Face's perplexity guide.
 token-weighted over the whole text, not a mean of per-window perplexities. Windows run
 through one jitted forward, `batch_size` at a time (the last window and the last batch padded;
 padding is never scored), with float32 log-softmax whatever the params' dtype.
+
+An encoder-decoder (Switch Transformers, T5-style) has no running-text distribution of its
+own; it gets the prefix-conditioned analogue with the same windows and the same scored
+tokens: window [b, e) that scores [first, e) gives the encoder the context x_b .. x_{first-1}
+and the decoder the targets x_first .. x_{e-1}, teacher-forced from the decoder start token,
+scoring -log p(x_t | encoder(x_b .. x_{first-1}), x_first .. x_{t-1}). Every token but x_0 is
+scored once (the first window's context is x_0 alone); with stride < max_length each later
+window's context holds max_length - stride tokens. This is not comparable with a decoder-only
+perplexity, and checkpoints pre-trained on span corruption (T5, Switch) score plain text poorly.
 """
 from __future__ import annotations
 
@@ -66,13 +75,10 @@ def check_settings(cfg: Optional[ModelConfig] = None, max_length: Optional[int] 
     validate.check_positive("batch_size", batch_size, integer=True, error=e)
     if cfg is not None:
         fam = get_family(cfg.family)
-        if cfg.is_encoder_decoder:
-            raise e(f"perplexity scores running text with a decoder language model; {cfg.family} is an "
-                    "encoder-decoder (a source-conditioned target log-probability is ntk_compare's target-logprob)")
-        if not fam.is_decoder:
+        if not fam.is_decoder and not cfg.is_encoder_decoder:
             raise e(f"perplexity needs a decoder language model; {cfg.name or 'the model'} is a "
                     f"{cfg.family} encoder (decoder families: "
-                    f"{', '.join(n for n, f in FAMILIES.items() if f.is_decoder)})")
+                    f"{', '.join(n for n, f in FAMILIES.items() if f.is_decoder)}; or an encoder-decoder)")
         if cfg.head != "lm":
             raise e(f"perplexity needs the LM head (head='lm'), the model has head={cfg.head!r}")
     if max_length is not None:
@@ -134,6 +140,39 @@ def _window_sums(cfg: ModelConfig, params, ids, mask, score):
     return -jnp.where(w, lp, 0.0).sum(-1), w.sum(-1)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _window_sums_seq2seq(cfg: ModelConfig, params, src, src_mask, dec_in, dec_mask, targets, score):
+    """Per window of an encoder-decoder: (sum of -log p(target_t | context, targets_<t) over scored t,
+    number of scored t)."""
+    logits = forward(cfg, params, {"input_ids": src, "attention_mask": src_mask, "decoder_input_ids": dec_in,
+                                   "decoder_attention_mask": dec_mask}).logits
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    lp = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    return -jnp.where(score, lp, 0.0).sum(-1), score.sum(-1)
+
+
+def _seq2seq_arrays(cfg: ModelConfig, ids, wins, rows: int) -> tuple:
+    """Encoder inputs (each window's context), teacher-forced decoder inputs, targets and masks, one
+    shape for every window; rows past the windows (filling the last batch) score nothing."""
+    S = max(w.first - w.begin for w in wins)
+    T = max(w.scored for w in wins)
+    src = np.zeros((rows, S), np.int32)
+    src_mask = np.ones((rows, S), np.int32)   # dummy rows attend to something: no empty softmax
+    dec_in = np.full((rows, T), cfg.decoder_start_token_id, np.int32)
+    dec_mask = np.ones((rows, T), np.int32)
+    targets = np.zeros((rows, T), np.int32)
+    score = np.zeros((rows, T), bool)
+    for i, w in enumerate(wins):
+        ctx, tgt = ids[w.begin:w.first], ids[w.first:w.end]
+        src[i, :len(ctx)] = ctx
+        src_mask[i, len(ctx):] = 0
+        dec_in[i, 1:len(tgt)] = tgt[:-1]
+        dec_mask[i, len(tgt):] = 0
+        targets[i, :len(tgt)] = tgt
+        score[i, :len(tgt)] = True
+    return src, src_mask, dec_in, dec_mask, targets, score
+
+
 def sliding_window_nll(cfg: ModelConfig, params: dict, ids, max_length: Optional[int] = None,
                        stride: Optional[int] = None, batch_size: int = 8, progress: bool = False,
                        desc: str = "perplexity") -> PerplexityResult:
@@ -141,6 +180,9 @@ def sliding_window_nll(cfg: ModelConfig, params: dict, ids, max_length: Optional
     (`cfg`, `params`) with sliding windows of `max_length` tokens advanced by `stride`
     (module docstring; defaults: `check_settings`). `.perplexity` of the result is
     exp(nll / tokens). `progress`: a tqdm bar over the windows.
+
+    An encoder-decoder scores the same tokens conditioned on each window's context through its
+    encoder (module docstring).
 
     Raises PerplexityError for an encoder or a model without LM head, stride < 1 or
     > max_length, max_length beyond the model's positions, ids that are not 1-D, fewer than
@@ -161,21 +203,25 @@ def sliding_window_nll(cfg: ModelConfig, params: dict, ids, max_length: Optional
     T = min(max_length, n)                       # one shape for every window: one compilation
     B = min(batch_size, len(wins))
     n_batches = -(-len(wins) // B)
-    all_ids = np.zeros((n_batches * B, T), np.int32)
-    mask = np.ones((n_batches * B, T), np.int32)  # dummy rows (filling the last batch): all ones, never scored
-    score = np.zeros((n_batches * B, T), bool)
-    for i, w in enumerate(wins):
-        L = w.end - w.begin
-        all_ids[i, :L] = ids[w.begin:w.end]
-        mask[i, L:] = 0
-        score[i, w.first - w.begin:L] = True
+    if cfg.is_encoder_decoder:
+        arrays, step = _seq2seq_arrays(cfg, ids, wins, n_batches * B), _window_sums_seq2seq
+    else:
+        all_ids = np.zeros((n_batches * B, T), np.int32)
+        mask = np.ones((n_batches * B, T), np.int32)  # dummy rows (filling the last batch): all ones, never scored
+        score = np.zeros((n_batches * B, T), bool)
+        for i, w in enumerate(wins):
+            L = w.end - w.begin
+            all_ids[i, :L] = ids[w.begin:w.end]
+            mask[i, L:] = 0
+            score[i, w.first - w.begin:L] = True
+        arrays, step = (all_ids, mask, score), _window_sums
     from tqdm.auto import tqdm
     bar = tqdm(total=len(wins), desc=desc, unit="window", disable=not progress, leave=False)
     sums, counts = [], []
     try:
         for j in range(n_batches):
             sl = slice(j * B, (j + 1) * B)
-            s, c = _window_sums(cfg, params, jnp.asarray(all_ids[sl]), jnp.asarray(mask[sl]), jnp.asarray(score[sl]))
+            s, c = step(cfg, params, *(jnp.asarray(a[sl]) for a in arrays))
             sums.append(np.asarray(s, np.float64))
             counts.append(np.asarray(c, np.int64))
             bar.update(min(B, len(wins) - j * B))

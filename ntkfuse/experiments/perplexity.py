@@ -1,4 +1,5 @@
-"""The perplexity driver: token-weighted sliding-window perplexity of a decoder LM on one local
+"""The perplexity driver: token-weighted sliding-window perplexity of a decoder LM (or of an
+encoder-decoder's decoder conditioned through its encoder, `eval.perplexity`) on one local
 text file, for the original model and for each chosen compressed model (one row per method).
 
 `prepare(config)` checks everything (methods, options, window settings, the text file, the

@@ -205,3 +205,51 @@ def test_bad_inputs(models, tmp_path):
         read_text(tmp_path / "missing.txt")
     r = sliding_window_nll(cfg, params, ids, None, None)              # defaults: the model's 32 positions, stride 16
     assert (r.max_length, r.stride) == (32, 16)
+
+
+# --------------------------------------------------------------------------- encoder-decoder (Switch)
+
+
+@pytest.fixture(scope="module")
+def switch(tmp_path_factory):
+    """SwitchTransformersForConditionalGeneration: d=32, 2+2 layers (one sparse each), 4 experts, vocab 50."""
+    torch.manual_seed(0)
+    cfg = transformers.SwitchTransformersConfig(
+        vocab_size=50, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4, num_experts=4,
+        num_sparse_encoder_layers=1, num_sparse_decoder_layers=1, expert_capacity=64,
+        relative_attention_num_buckets=8, relative_attention_max_distance=16, pad_token_id=0, eos_token_id=1,
+        decoder_start_token_id=0)
+    model = transformers.SwitchTransformersForConditionalGeneration(cfg).eval()
+    d = tmp_path_factory.mktemp("switch")
+    model.save_pretrained(d)
+    return model, ntkfuse.load(d, tokenizer=False)
+
+
+def hf_seq2seq_nll(model, ids, max_length, stride):
+    """Float64 total NLL and count with the HF torch model, one window at a time: the encoder reads
+    the window's tokens before the first unscored one, the decoder is teacher-forced over the rest."""
+    total, count = 0.0, 0
+    for w in windows(len(ids), max_length, stride):
+        src = torch.from_numpy(np.asarray(ids[w.begin:w.first], np.int64))[None]
+        tgt = torch.from_numpy(np.asarray(ids[w.first:w.end], np.int64))[None]
+        dec = torch.cat([torch.full((1, 1), model.config.decoder_start_token_id), tgt[:, :-1]], dim=1)
+        with torch.no_grad():
+            logits = model(input_ids=src, decoder_input_ids=dec).logits.double()
+        logp = torch.log_softmax(logits, -1).gather(-1, tgt[..., None])[..., 0]
+        total -= float(logp.sum())
+        count += tgt.shape[1]
+    return total, count
+
+
+@pytest.mark.parametrize("max_length,stride", [(16, 5), (16, 16), (24, 9)], ids=["L16-s5", "L16-s16", "L24-s9"])
+def test_encoder_decoder_total_nll_matches_hf_torch(switch, max_length, stride):
+    model, (cfg, params, _, _) = switch
+    assert cfg.is_encoder_decoder
+    ids = _ids(61, cfg.vocab_size, seed=2)
+    r = sliding_window_nll(cfg, params, ids, max_length, stride, batch_size=2)
+    ref, count = hf_seq2seq_nll(model, ids, max_length, stride)
+    assert r.tokens == count == (len(ids) - 1 if stride < max_length else len(ids) - r.windows)
+    assert abs(r.nll - ref) / abs(ref) < REL_TOL
+    # batching does not change the sums
+    r1 = sliding_window_nll(cfg, params, ids, max_length, stride, batch_size=1)
+    np.testing.assert_allclose(r1.window_nll, r.window_nll, rtol=1e-5)

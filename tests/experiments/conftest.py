@@ -7,7 +7,8 @@ import pytest
 
 from ntkfuse.data import load_examples
 
-SPECIALS = {"roberta": ["<s>", "<pad>", "</s>", "<unk>"], "gpt2": ["<|endoftext|>", "<unk>"]}
+SPECIALS = {"roberta": ["<s>", "<pad>", "</s>", "<unk>"], "gpt2": ["<|endoftext|>", "<unk>"],
+            "switch": ["<pad>", "</s>", "<unk>"]}
 
 
 def _tokenizer(family: str, directory: Path) -> int:
@@ -26,6 +27,8 @@ def _tokenizer(family: str, directory: Path) -> int:
     tk.pre_tokenizer = pre
     if family == "roberta":
         kw = dict(bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
+    elif family == "switch":
+        kw = dict(eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
     else:
         kw = dict(bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<unk>")
     PreTrainedTokenizerFast(tokenizer_object=tk, **kw).save_pretrained(directory)

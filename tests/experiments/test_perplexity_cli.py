@@ -96,6 +96,41 @@ def test_bad_text_and_encoder_exit_2(capsys, tiny_models, text_file, tmp_path):
     assert rc == 2 and "needs a decoder language model" in err and "encoder" in err
 
 
+@pytest.fixture(scope="module")
+def tiny_switch(tmp_path_factory):
+    """A tiny SwitchTransformersForConditionalGeneration (2 + 2 layers, 4 experts) with a word tokenizer."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from tests.experiments.conftest import _tokenizer
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("switch")
+    V = _tokenizer("switch", d)
+    cfg = transformers.SwitchTransformersConfig(
+        vocab_size=V, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4, num_experts=4,
+        num_sparse_encoder_layers=1, num_sparse_decoder_layers=1, expert_capacity=64,
+        relative_attention_num_buckets=8, relative_attention_max_distance=16, pad_token_id=0, eos_token_id=1,
+        decoder_start_token_id=0)
+    transformers.SwitchTransformersForConditionalGeneration(cfg).save_pretrained(d)
+    return d
+
+
+def test_encoder_decoder_end_to_end(capsys, tiny_switch, text_file, tmp_path):
+    """Switch (an encoder-decoder) through the CLI, full and pruned (expert-wise in the sparse layers)."""
+    out = tmp_path / "ppl"
+    rc, stdout, err = _cli(capsys, "--model", tiny_switch, "--text", text_file, "--max-length", "24", "--stride",
+                           "8", "--batch-size", "4", "--methods", "prune", "--layers", "0-3", "--width", "32",
+                           "--out", out)
+    assert rc == 0, err
+    res = json.loads((out / "results.json").read_text())
+    full, prune = res["rows"]
+    assert (full["method"], prune["method"]) == ("full", "prune")
+    assert prune["params"] < full["params"] and prune["perplexity"] != full["perplexity"]
+    cfg, params, _, tok = ntkfuse.load(tiny_switch)
+    ids = tokenize_text(tok, text_file.read_text())
+    lib = sliding_window_nll(cfg, params, ids, 24, 8, batch_size=4)
+    assert full["perplexity"] == pytest.approx(lib.perplexity, rel=1e-9) and lib.tokens == len(ids) - 1
+
+
 def test_script_is_a_thin_entry_point(monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["perplexity.py", "--help"])
     with pytest.raises(SystemExit) as e:
