@@ -213,13 +213,8 @@ def test_bad_inputs(models, tmp_path):
 @pytest.fixture(scope="module")
 def switch(tmp_path_factory):
     """SwitchTransformersForConditionalGeneration: d=32, 2+2 layers (one sparse each), 4 experts, vocab 50."""
-    torch.manual_seed(0)
-    cfg = transformers.SwitchTransformersConfig(
-        vocab_size=50, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4, num_experts=4,
-        num_sparse_encoder_layers=1, num_sparse_decoder_layers=1, expert_capacity=64,
-        relative_attention_num_buckets=8, relative_attention_max_distance=16, pad_token_id=0, eos_token_id=1,
-        decoder_start_token_id=0)
-    model = transformers.SwitchTransformersForConditionalGeneration(cfg).eval()
+    from tests.models.test_switch import _model   # the Switch parity tests' tiny model (norms perturbed)
+    model = _model("switch")
     d = tmp_path_factory.mktemp("switch")
     model.save_pretrained(d)
     return model, ntkfuse.load(d, tokenizer=False)

@@ -105,11 +105,8 @@ def tiny_switch(tmp_path_factory):
     torch.manual_seed(0)
     d = tmp_path_factory.mktemp("switch")
     V = _tokenizer("switch", d)
-    cfg = transformers.SwitchTransformersConfig(
-        vocab_size=V, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4, num_experts=4,
-        num_sparse_encoder_layers=1, num_sparse_decoder_layers=1, expert_capacity=64,
-        relative_attention_num_buckets=8, relative_attention_max_distance=16, pad_token_id=0, eos_token_id=1,
-        decoder_start_token_id=0)
+    from tests.models.test_switch import BASE   # the Switch parity tests' tiny config
+    cfg = transformers.SwitchTransformersConfig(**{**BASE, "vocab_size": V})
     transformers.SwitchTransformersForConditionalGeneration(cfg).save_pretrained(d)
     return d
 
