@@ -251,9 +251,10 @@ def test_config_round_trip_init_and_errors(checkpoints, tmp_path):
         ntkfuse.check_batch(cfg, {"input_ids": b["input_ids"]})
     with pytest.raises(ValueError, match="decoder_attention_mask has shape"):
         ntkfuse.check_batch(cfg, {**b, "decoder_attention_mask": b["attention_mask"]})
-    with pytest.raises(ValueError, match="perplexity"):
-        from ntkfuse.eval.perplexity import check_settings
-        check_settings(cfg)
+    from ntkfuse.eval.perplexity import PerplexityError, check_settings
+    assert check_settings(cfg, 16, 4) == (16, 4)    # perplexity is conditioned through the encoder (eval tests)
+    with pytest.raises(PerplexityError, match="LM head"):
+        check_settings(cfg.replace(head="none"))
 
 
 # --------------------------------------------------------------------------- compression
