@@ -19,10 +19,13 @@ An encoder-decoder (Switch Transformers, T5-style) has no running-text distribut
 own; it gets the prefix-conditioned analogue with the same windows and the same scored
 tokens: window [b, e) that scores [first, e) gives the encoder the context x_b .. x_{first-1}
 and the decoder the targets x_first .. x_{e-1}, teacher-forced from the decoder start token,
-scoring -log p(x_t | encoder(x_b .. x_{first-1}), x_first .. x_{t-1}). Every token but x_0 is
-scored once (the first window's context is x_0 alone); with stride < max_length each later
-window's context holds max_length - stride tokens. This is not comparable with a decoder-only
-perplexity, and checkpoints pre-trained on span corruption (T5, Switch) score plain text poorly.
+scoring -log p(x_t | encoder(x_b .. x_{first-1}), x_first .. x_{t-1}); the decoder reads
+[decoder_start_token_id, x_first .. x_{e-2}]. The first window's context is x_0 alone, so the
+encoder always reads real text. The scored tokens are the decoder path's: every token but x_0
+once for stride < max_length (each later context then holds max_length - stride tokens), and
+with stride == max_length each window's first token is its one-token context, unscored. This is
+not comparable with a decoder-only perplexity, and checkpoints pre-trained on span corruption
+(T5, Switch) give high values on plain text.
 """
 from __future__ import annotations
 

@@ -4,9 +4,11 @@ identity, token weighting against a float64 per-token loop, batching invariance,
 input errors."""
 from __future__ import annotations
 
+import copy
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -209,42 +211,113 @@ def test_bad_inputs(models, tmp_path):
 
 # --------------------------------------------------------------------------- encoder-decoder (Switch)
 
+SEQ2SEQ_REL_TOL = 1e-5   # total NLL, ntkfuse float32 vs HF torch float64
+
 
 @pytest.fixture(scope="module")
 def switch(tmp_path_factory):
-    """SwitchTransformersForConditionalGeneration: d=32, 2+2 layers (one sparse each), 4 experts, vocab 50."""
-    from tests.models.test_switch import _model   # the Switch parity tests' tiny model (norms perturbed)
-    model = _model("switch")
-    d = tmp_path_factory.mktemp("switch")
-    model.save_pretrained(d)
-    return model, ntkfuse.load(d, tokenizer=False)
+    """name -> (HF torch model, ntkfuse Loaded) for the Switch parity tests' tiny models (d=32, 2+2 layers,
+    one sparse each, 4 experts, vocab 50, norms perturbed): `switch` (capacity 64, never binds) and
+    `switch_capacity` (2 tokens per expert per sequence: binds, so padding must not take real tokens' slots)."""
+    from tests.models.test_switch import _model
+    out = {}
+    for name in ("switch", "switch_capacity"):
+        model = _model(name)
+        d = tmp_path_factory.mktemp(name)
+        model.save_pretrained(d)
+        out[name] = model, ntkfuse.load(d, tokenizer=False)
+    return out
 
 
 def hf_seq2seq_nll(model, ids, max_length, stride):
-    """Float64 total NLL and count with the HF torch model, one window at a time: the encoder reads
-    the window's tokens before the first unscored one, the decoder is teacher-forced over the rest."""
+    """Float64 total NLL and count with the HF torch model in float64, one unpadded window at a time: the
+    encoder reads the window's tokens before its first scored one, the decoder is teacher-forced over the
+    scored ones from the decoder start token."""
+    model = copy.deepcopy(model).double()
     total, count = 0.0, 0
     for w in windows(len(ids), max_length, stride):
         src = torch.from_numpy(np.asarray(ids[w.begin:w.first], np.int64))[None]
         tgt = torch.from_numpy(np.asarray(ids[w.first:w.end], np.int64))[None]
         dec = torch.cat([torch.full((1, 1), model.config.decoder_start_token_id), tgt[:, :-1]], dim=1)
         with torch.no_grad():
-            logits = model(input_ids=src, decoder_input_ids=dec).logits.double()
+            logits = model(input_ids=src, decoder_input_ids=dec).logits
+        assert logits.dtype == torch.float64
         logp = torch.log_softmax(logits, -1).gather(-1, tgt[..., None])[..., 0]
         total -= float(logp.sum())
         count += tgt.shape[1]
     return total, count
 
 
-@pytest.mark.parametrize("max_length,stride", [(16, 5), (16, 16), (24, 9)], ids=["L16-s5", "L16-s16", "L24-s9"])
-def test_encoder_decoder_total_nll_matches_hf_torch(switch, max_length, stride):
-    model, (cfg, params, _, _) = switch
+SEQ2SEQ_CASES = [(16, 5), (16, 16), (24, 9), (8, 3)]
+
+
+@pytest.mark.parametrize("max_length,stride", SEQ2SEQ_CASES, ids=[f"L{a}-s{b}" for a, b in SEQ2SEQ_CASES])
+@pytest.mark.parametrize("name", ["switch", "switch_capacity"])
+def test_encoder_decoder_total_nll_matches_hf_torch(switch, name, max_length, stride):
+    model, (cfg, params, _, _) = switch[name]
     assert cfg.is_encoder_decoder
     ids = _ids(61, cfg.vocab_size, seed=2)
-    r = sliding_window_nll(cfg, params, ids, max_length, stride, batch_size=2)
+    r = sliding_window_nll(cfg, params, ids, max_length, stride, batch_size=3)
     ref, count = hf_seq2seq_nll(model, ids, max_length, stride)
+    rel = abs(r.nll - ref) / abs(ref)
+    print(f"{name} max_length={max_length} stride={stride}: nll {r.nll:.8f} vs hf float64 {ref:.8f}, rel {rel:.2e}")
     assert r.tokens == count == (len(ids) - 1 if stride < max_length else len(ids) - r.windows)
-    assert abs(r.nll - ref) / abs(ref) < REL_TOL
-    # batching does not change the sums
+    assert rel < SEQ2SEQ_REL_TOL
+    # batching (and the padding of the last batch and of shorter windows) does not change the sums
     r1 = sliding_window_nll(cfg, params, ids, max_length, stride, batch_size=1)
     np.testing.assert_allclose(r1.window_nll, r.window_nll, rtol=1e-5)
+
+
+SCORED_CASES = [(61, 16, 16), (61, 16, 5), (61, 24, 9), (40, 8, 1), (40, 2, 1), (40, 2, 2), (45, 9, 9), (20, 32, 8)]
+
+
+@pytest.mark.parametrize("n,max_length,stride", SCORED_CASES, ids=[f"n{a}-L{b}-s{c}" for a, b, c in SCORED_CASES])
+def test_encoder_decoder_inputs_score_every_token_once(switch, n, max_length, stride):
+    """The encoder/decoder arrays of every window: the encoder holds exactly the window's context
+    x_b .. x_{first-1} (at least x_b), the decoder x_first .. x_{e-1} teacher-forced from the start token,
+    and the scored targets over all windows are each token once: 1 .. n-1 for stride < max_length, 1 .. n-1
+    but the later windows' first tokens for stride == max_length (the decoder path's tokens either way)."""
+    from ntkfuse.eval.perplexity import _seq2seq_arrays
+    _, (cfg, _, _, _) = switch["switch"]
+    ids = _ids(n, cfg.vocab_size, seed=4)
+    wins = windows(n, max_length, stride)
+    src, src_mask, dec_in, dec_mask, targets, score = _seq2seq_arrays(cfg, ids, wins, len(wins) + 2)
+    positions = []
+    for i, w in enumerate(wins):
+        assert w.begin < w.first < w.end and w.end - w.begin <= max_length
+        assert src[i][src_mask[i] == 1].tolist() == ids[w.begin:w.first].tolist()
+        assert src_mask[i].tolist() == sorted(src_mask[i].tolist(), reverse=True)       # right padding
+        tgt = ids[w.first:w.end].tolist()
+        assert targets[i][score[i]].tolist() == tgt and score[i].tolist() == dec_mask[i].astype(bool).tolist()
+        assert dec_in[i][:len(tgt)].tolist() == [cfg.decoder_start_token_id] + tgt[:-1]
+        assert score[i].tolist() == sorted(score[i].tolist(), reverse=True)
+        positions += range(w.first, w.end)
+    assert not score[len(wins):].any()                                               # filler rows score nothing
+    assert sorted(positions) == sorted(set(positions))                               # none twice
+    unscored = {0} if stride < max_length else {w.begin for w in wins}
+    assert set(positions) == set(range(n)) - unscored
+    assert wins[-1].end == n
+
+
+@pytest.mark.parametrize("n,max_length,stride", [(61, 16, 16), (40, 8, 3)], ids=["n61-L16-s16", "n40-L8-s3"])
+def test_encoder_decoder_counts(switch, n, max_length, stride):
+    """The result's per-window counts are the windows' scored tokens and add up to the text's."""
+    _, (cfg, params, _, _) = switch["switch"]
+    r = sliding_window_nll(cfg, params, _ids(n, cfg.vocab_size, seed=5), max_length, stride, batch_size=4)
+    wins = windows(n, max_length, stride)
+    assert r.window_tokens.tolist() == [w.scored for w in wins] and r.windows == len(wins)
+    assert wins[-1].end - wins[-1].begin < max_length                                # a partial last window
+    assert r.tokens == (n - 1 if stride < max_length else n - len(wins))
+    assert np.all(r.window_nll > 0) and np.isfinite(r.perplexity)
+
+
+def test_encoder_decoder_bfloat16(switch):
+    """bfloat16 params run the same jitted path (float32 log-softmax); close to float32."""
+    _, (cfg, params, path, _) = switch["switch"]
+    ids = _ids(61, cfg.vocab_size, seed=2)
+    cfg16, bf, _, _ = ntkfuse.load(path, "bfloat16", tokenizer=False)        # as the CLI's --dtype bfloat16
+    assert {a.dtype for a in jax.tree_util.tree_leaves(bf) if jnp.issubdtype(a.dtype, jnp.floating)} == {jnp.dtype(jnp.bfloat16)}
+    r32 = sliding_window_nll(cfg, params, ids, 16, 5, batch_size=4)
+    r16 = sliding_window_nll(cfg16, bf, ids, 16, 5, batch_size=4)
+    assert r16.tokens == r32.tokens and np.isfinite(r16.nll)
+    assert abs(r16.mean_nll - r32.mean_nll) / r32.mean_nll < 3e-2     # bf16 rounding (the Switch tests' bound)

@@ -1,6 +1,7 @@
 """scripts/perplexity.py (ntkfuse.cli.perplexity_main, ntkfuse.experiments.perplexity): end to
-end on a tiny random GPT-2 checkpoint with one compression method, agreement of the full
-model's row with the library function, resume, and bad input (one line, exit status 2)."""
+end on a tiny random GPT-2 checkpoint with one compression method and on a tiny random Switch
+(encoder-decoder) with fusion and pruning, agreement of the full model's row with the library
+function, resume, and bad input (one line, exit status 2)."""
 from __future__ import annotations
 
 import csv
@@ -112,20 +113,34 @@ def tiny_switch(tmp_path_factory):
 
 
 def test_encoder_decoder_end_to_end(capsys, tiny_switch, text_file, tmp_path):
-    """Switch (an encoder-decoder) through the CLI, full and pruned (expert-wise in the sparse layers)."""
+    """Switch (an encoder-decoder) through the CLI: the full model and two compressed ones (fusion and
+    pruning, expert-wise in the sparse layers 1 and 3, as dense MLPs in 0 and 2), the result files, the
+    full row equal to the library function, every token but the first scored, and resume."""
     out = tmp_path / "ppl"
-    rc, stdout, err = _cli(capsys, "--model", tiny_switch, "--text", text_file, "--max-length", "24", "--stride",
-                           "8", "--batch-size", "4", "--methods", "prune", "--layers", "0-3", "--width", "32",
-                           "--out", out)
+    args = ["--model", tiny_switch, "--text", text_file, "--max-length", "24", "--stride", "8", "--batch-size", "4",
+            "--methods", "fusion,prune", "--n-init", "1", "--layers", "0-3", "--width", "32", "--out", out]
+    rc, stdout, err = _cli(capsys, *args)
     assert rc == 0, err
+    for name in ("results.json", "results.csv", "results.md", "run.json"):
+        assert (out / name).is_file()
     res = json.loads((out / "results.json").read_text())
-    full, prune = res["rows"]
-    assert (full["method"], prune["method"]) == ("full", "prune")
-    assert prune["params"] < full["params"] and prune["perplexity"] != full["perplexity"]
+    full, fusion, prune = res["rows"]
+    assert [r["method"] for r in res["rows"]] == ["full", "fusion", "prune"]
+    for row in (fusion, prune):
+        assert row["params"] < full["params"] and row["perplexity"] != full["perplexity"]
+        assert row["tokens"] == full["tokens"] and row["windows"] == full["windows"]
     cfg, params, _, tok = ntkfuse.load(tiny_switch)
+    assert cfg.is_encoder_decoder
     ids = tokenize_text(tok, text_file.read_text())
     lib = sliding_window_nll(cfg, params, ids, 24, 8, batch_size=4)
-    assert full["perplexity"] == pytest.approx(lib.perplexity, rel=1e-9) and lib.tokens == len(ids) - 1
+    assert full["perplexity"] == pytest.approx(lib.perplexity, rel=1e-9)
+    assert (full["tokens"], full["n_tokens"], full["windows"]) == (lib.tokens, len(ids), lib.windows)
+    assert lib.tokens == len(ids) - 1
+    with open(out / "results.csv") as f:
+        assert [r["method"] for r in csv.DictReader(f)] == ["full", "fusion", "prune"]
+    assert "| fusion |" in (out / "results.md").read_text() and "fusion" in stdout
+    rc, _, err = _cli(capsys, *args)
+    assert rc == 0 and "reused 3 finished row(s)" in err
 
 
 def test_script_is_a_thin_entry_point(monkeypatch, capsys):
