@@ -34,6 +34,18 @@ def _cli(capsys, *args):
     return rc, cap.out, cap.err
 
 
+def _assert_full_row_is_the_library(full: dict, model, text_file):
+    """The full model's row is the library function on the same model and text (--max-length 24,
+    --stride 8, --batch-size 4): every token after the first scored once. Returns the config."""
+    cfg, params, _, tok = ntkfuse.load(model)
+    ids = tokenize_text(tok, text_file.read_text())
+    lib = sliding_window_nll(cfg, params, ids, 24, 8, batch_size=4)
+    assert full["perplexity"] == pytest.approx(lib.perplexity, rel=1e-9)
+    assert (full["tokens"], full["n_tokens"], full["windows"]) == (lib.tokens, len(ids), lib.windows)
+    assert lib.tokens == len(ids) - 1
+    return cfg
+
+
 def test_end_to_end_with_prune(capsys, tiny_models, text_file, tmp_path):
     model, out = tiny_models["gpt2"], tmp_path / "ppl"
     args = ["--model", model, "--text", text_file, "--max-length", "24", "--stride", "8", "--batch-size", "4",
@@ -47,13 +59,7 @@ def test_end_to_end_with_prune(capsys, tiny_models, text_file, tmp_path):
     assert (full["method"], prune["method"]) == ("full", "prune")
     assert res["config"]["layers"] == [1, 2] and res["config"]["width"] == 32
     assert prune["params"] < full["params"] and prune["perplexity"] != full["perplexity"]
-    # the full model's row is the library function on the same model and text
-    cfg, params, _, tok = ntkfuse.load(model)
-    ids = tokenize_text(tok, text_file.read_text())
-    lib = sliding_window_nll(cfg, params, ids, 24, 8, batch_size=4)
-    assert full["perplexity"] == pytest.approx(lib.perplexity, rel=1e-9)
-    assert (full["tokens"], full["n_tokens"], full["windows"]) == (lib.tokens, len(ids), lib.windows)
-    assert lib.tokens == len(ids) - 1
+    _assert_full_row_is_the_library(full, model, text_file)
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["method"] for r in rows] == ["full", "prune"]
@@ -129,13 +135,7 @@ def test_encoder_decoder_end_to_end(capsys, tiny_switch, text_file, tmp_path):
     for row in (fusion, prune):
         assert row["params"] < full["params"] and row["perplexity"] != full["perplexity"]
         assert row["tokens"] == full["tokens"] and row["windows"] == full["windows"]
-    cfg, params, _, tok = ntkfuse.load(tiny_switch)
-    assert cfg.is_encoder_decoder
-    ids = tokenize_text(tok, text_file.read_text())
-    lib = sliding_window_nll(cfg, params, ids, 24, 8, batch_size=4)
-    assert full["perplexity"] == pytest.approx(lib.perplexity, rel=1e-9)
-    assert (full["tokens"], full["n_tokens"], full["windows"]) == (lib.tokens, len(ids), lib.windows)
-    assert lib.tokens == len(ids) - 1
+    assert _assert_full_row_is_the_library(full, tiny_switch, text_file).is_encoder_decoder
     with open(out / "results.csv") as f:
         assert [r["method"] for r in csv.DictReader(f)] == ["full", "fusion", "prune"]
     assert "| fusion |" in (out / "results.md").read_text() and "fusion" in stdout
