@@ -154,6 +154,20 @@ def _window_sums_seq2seq(cfg: ModelConfig, params, src, src_mask, dec_in, dec_ma
     return -jnp.where(score, lp, 0.0).sum(-1), score.sum(-1)
 
 
+def _decoder_arrays(ids, wins, rows: int, T: int) -> tuple:
+    """Each window's tokens, mask and scored positions, padded to T tokens (one shape for every
+    window: one compilation); rows past the windows (filling the last batch) score nothing."""
+    all_ids = np.zeros((rows, T), np.int32)
+    mask = np.ones((rows, T), np.int32)   # dummy rows: all ones, never scored
+    score = np.zeros((rows, T), bool)
+    for i, w in enumerate(wins):
+        L = w.end - w.begin
+        all_ids[i, :L] = ids[w.begin:w.end]
+        mask[i, L:] = 0
+        score[i, w.first - w.begin:L] = True
+    return all_ids, mask, score
+
+
 def _seq2seq_arrays(cfg: ModelConfig, ids, wins, rows: int) -> tuple:
     """Encoder inputs (each window's context), teacher-forced decoder inputs, targets and masks, one
     shape for every window; rows past the windows (filling the last batch) score nothing."""
@@ -203,21 +217,12 @@ def sliding_window_nll(cfg: ModelConfig, params: dict, ids, max_length: Optional
         bad = ids[(ids < 0) | (ids >= cfg.vocab_size)]
         raise PerplexityError(f"token ids outside the vocabulary [0, {cfg.vocab_size}): e.g. {bad[:5].tolist()}")
     wins = windows(n, max_length, stride)
-    T = min(max_length, n)                       # one shape for every window: one compilation
     B = min(batch_size, len(wins))
     n_batches = -(-len(wins) // B)
     if cfg.is_encoder_decoder:
         arrays, step = _seq2seq_arrays(cfg, ids, wins, n_batches * B), _window_sums_seq2seq
     else:
-        all_ids = np.zeros((n_batches * B, T), np.int32)
-        mask = np.ones((n_batches * B, T), np.int32)  # dummy rows (filling the last batch): all ones, never scored
-        score = np.zeros((n_batches * B, T), bool)
-        for i, w in enumerate(wins):
-            L = w.end - w.begin
-            all_ids[i, :L] = ids[w.begin:w.end]
-            mask[i, L:] = 0
-            score[i, w.first - w.begin:L] = True
-        arrays, step = (all_ids, mask, score), _window_sums
+        arrays, step = _decoder_arrays(ids, wins, n_batches * B, min(max_length, n)), _window_sums
     from tqdm.auto import tqdm
     bar = tqdm(total=len(wins), desc=desc, unit="window", disable=not progress, leave=False)
     sums, counts = [], []

@@ -27,7 +27,6 @@ import io
 import math
 import os
 import re
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -470,39 +469,22 @@ def reference_row(plan: Plan, K_ref: dict) -> dict:
     return row
 
 
-_KMEANS_LOCKS: dict = {}
-_KMEANS_LOCKS_GUARD = threading.Lock()
-
-
-def _kmeans_lock(cache: dict, key) -> threading.Lock:
-    """One lock per (cache, key): concurrent rows (`run` with jobs > 1) wanting the same k-means
-    wait for the first one instead of computing it twice."""
-    with _KMEANS_LOCKS_GUARD:
-        return _KMEANS_LOCKS.setdefault((id(cache), key), threading.Lock())
-
-
 def _kmeans_for(plan: Plan, method: str, seed: int, cache: Optional[dict]):
     """(k-means of fusion/cluster, seconds spent on it, whether it came from `cache`).
-    The cache key holds everything the k-means depends on besides the plan's params."""
+    The cache key holds everything the k-means depends on besides the plan's params. With
+    jobs > 1 cluster starts only after fusion of the same seed (`_run_concurrent`), so the two
+    never compute one k-means at the same time."""
     from .. import compress as C
     opts = {**{k: C.OPTIONS[method][k] for k in KMEANS_OPTIONS}, **method_options(plan.config, method)}
     opts = {k: opts[k] for k in KMEANS_OPTIONS}
     ck = (plan.layers, plan.width, seed, tuple(sorted(opts.items())))
-    if cache is None:
-        return _kmeans(plan, method, seed, opts)
-    with _kmeans_lock(cache, ck):
-        if ck in cache:
-            return cache[ck], 0.0, True
-        km, secs, _ = _kmeans(plan, method, seed, opts)
-        cache[ck] = km
-        return km, secs, False
-
-
-def _kmeans(plan: Plan, method: str, seed: int, opts: dict):
-    from .. import compress as C
+    if cache is not None and ck in cache:
+        return cache[ck], 0.0, True
     t0 = time.perf_counter()
     km = C.kmeans_layers(plan.params, plan.layers, plan.width, method_key(seed, method), **opts)
     jax.block_until_ready(jax.tree_util.tree_leaves(km))
+    if cache is not None:
+        cache[ck] = km
     return km, time.perf_counter() - t0, False
 
 
@@ -657,9 +639,7 @@ def _run(plan: Plan, out_dir: Optional[Path], progress: bool, fresh: bool, log: 
         bar.set_postfix_str(" seed ".join(map(str, rid)))
 
     if jobs == 1:
-        t0 = time.perf_counter()
-        K_ref = reference_kernels(plan, out_dir)
-        ref_s = time.perf_counter() - t0
+        K_ref, ref_s = _timed(reference_kernels, plan, out_dir)
         kmeans_cache: dict = {}
         for rid in todo:
             method, seed = _method_seed(plan, rid)

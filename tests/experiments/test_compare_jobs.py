@@ -23,7 +23,7 @@ def _plan(tiny_models, **kw):
 
 def test_concurrent_rows_equal_one_at_a_time(tiny_models):
     """Same programs, same inputs: every number of every row is bit-identical; fusion and cluster
-    of one seed still share one k-means (whichever of the two gets there first computes it)."""
+    of one seed still share one k-means (cluster starts after fusion and reuses it)."""
     one = compare.run(_plan(tiny_models, jobs=1), None, progress=False)
     many = compare.run(_plan(tiny_models, jobs=2), None, progress=False)
     assert (one["jobs"], many["jobs"]) == (1, 2)
