@@ -26,6 +26,7 @@ from .errors import CheckpointError
 from .formats import aligned_empty, read_weights
 from .hub import DEFAULT_ALIASES, DEFAULT_MODEL, resolve
 from .mapping import Taker, canonical
+from .tokenizer import load_tokenizer
 
 
 class Loaded(NamedTuple):
@@ -131,13 +132,3 @@ def load(name_or_path: str | os.PathLike = DEFAULT_MODEL, dtype="float32", *, he
     return Loaded(cfg, params, d, tok)
 
 
-def load_tokenizer(directory: Path):
-    """The checkpoint's own tokenizer through transformers (tokenizers only, no model classes)."""
-    from transformers import AutoTokenizer
-    try:
-        tok = AutoTokenizer.from_pretrained(str(directory))
-    except Exception as e:
-        raise CheckpointError(f"{directory}: cannot load a tokenizer ({type(e).__name__}: {e})") from e
-    if tok.pad_token is None and tok.eos_token is not None:  # GPT-2 has no pad token
-        tok.pad_token = tok.eos_token
-    return tok

@@ -40,6 +40,8 @@ kernels, so fusion results of equal shapes share one program whatever their clus
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 import warnings
 
 import jax
@@ -118,10 +120,17 @@ def default_memory_budget() -> int:
 
 def balanced_chunk(n: int, cap: int) -> int:
     """Largest chunk ≤ cap that splits n examples into ceil(n / cap) nearly equal chunks, so the
-    padding of the last chunk is < the number of chunks (128 with cap 79 → 2 chunks of 64, not 79 + 49)."""
+    padding of the last chunk is < the number of chunks (128 with cap 79 → 2 chunks of 64, not 79 + 49);
+    but a divisor of n at least 3/4 of that chunk instead, when there is one (4096 with cap 39 → 32, not
+    39 with 38 padded rows): padded rows are wasted work, and at N = 4096 the `layers` strategy's
+    Gram operands with 4134 rows instead of 4096 ran 14 % slower on an H100."""
     cap = max(1, min(int(cap), int(n)))
     n_chunks = -(-n // cap)
-    return -(-n // n_chunks)
+    c = -(-n // n_chunks)
+    for d in range(c, -(-3 * c // 4) - 1, -1):
+        if n % d == 0:
+            return d
+    return c
 
 
 def _chunked_map(fn, batch, n, chunk, keep_padding=False):
@@ -180,10 +189,59 @@ _SPLIT_PAIRS = {"bf16x3": ((0, 0), (0, 1), (1, 0)),
 _PRESETS = {"bf16x3": "BF16_BF16_F32_X3", "bf16x6": "BF16_BF16_F32_X6", "bf16x9": "BF16_BF16_F32_X9"}
 
 
+# Gram products are skinny: an N × N output from a contraction over a whole leaf (2.36 M columns for
+# a roberta-base MLP matrix). Compiled without Triton GEMMs (ntkfuse.compile's default) cuBLAS ran
+# G Gᵀ + G sign(G)ᵀ at N = 128 at 27 TFLOP/s on an H100. Cut into b pieces along K, one batched
+# product (one 128 × 128 output tile per piece) and a sum over the pieces ran at up to 37 TFLOP/s,
+# the autotuned Triton kernel's speed and accuracy, but only when the b tiles fill the GPU's SMs in
+# whole waves: 256 pieces (1.94 waves on 132 SMs) 66 ms, 288 pieces (2.18 waves) 88 ms, 144 pieces
+# 102 ms (docs/bench/gram_h100.json). So b is chosen for wave efficiency.
+SPLIT_K_MIN, SPLIT_K_MAX, GEMM_TILE = 2048, 32768, 128
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count() -> int:
+    """Streaming multiprocessors of the first GPU (132 on an H100 SXM when the runtime does not say)."""
+    return int(getattr(jax.devices()[0], "core_count", 0) or 132)
+
+
+def _split_k_pieces(p: int, n: int, m: int, sms: int) -> int:
+    """Pieces b (a divisor of p, each SPLIT_K_MIN..SPLIT_K_MAX long) to cut the contraction of an
+    (n × p)(p × m) product into: with at least 1.5 waves of output tiles, the fewest whose wave
+    efficiency (waves / whole waves) is within 3 points of the best. 1 when the output alone fills
+    the GPU or p has no such divisor."""
+    tiles = -(-n // GEMM_TILE) * -(-m // GEMM_TILE)
+    if tiles >= 2 * sms or p < 2 * SPLIT_K_MIN:
+        return 1
+    effs = {}
+    for b in range(max(-(-p // SPLIT_K_MAX), -(-3 * sms // (2 * tiles))), p // SPLIT_K_MIN + 1):
+        if p % b == 0:
+            waves = b * tiles / sms
+            effs[b] = waves / math.ceil(waves)
+    if not effs:
+        return 1
+    top = max(effs.values())
+    return min(b for b, e in effs.items() if e >= top - 0.03)
+
+
+def _split_k_applies() -> bool:
+    """Long Gram contractions are cut into pieces on GPUs when GEMMs are not autotuned (Triton's
+    autotuned kernels split K themselves); elsewhere XLA's dot is left alone."""
+    return jax.default_backend() == "gpu" and not compile_autotuning()
+
+
 def _dot_t(x, y, precision=jax.lax.Precision.HIGHEST):
-    """x yᵀ with float32 accumulation (HIGHEST: true fp32 FMA, no TF32)."""
-    return jax.lax.dot_general(x, y, (((1,), (1,)), ((), ())), precision=precision,
-                               preferred_element_type=jnp.float32)
+    """x yᵀ with float32 accumulation (HIGHEST: true fp32 FMA, no TF32); long contractions on a GPU
+    without autotuning as a batched product over K pieces, summed after (see SPLIT_K_MIN)."""
+    p = x.shape[1]
+    b = _split_k_pieces(p, x.shape[0], y.shape[0], _sm_count()) if _split_k_applies() else 1
+    if b == 1:
+        return jax.lax.dot_general(x, y, (((1,), (1,)), ((), ())), precision=precision,
+                                   preferred_element_type=jnp.float32)
+    xr, yr = x.reshape(x.shape[0], b, p // b), y.reshape(y.shape[0], b, p // b)
+    parts = jax.lax.dot_general(xr, yr, (((2,), (2,)), ((1,), (1,))), precision=precision,
+                                preferred_element_type=jnp.float32)         # (b, n, m)
+    return parts.sum(0)
 
 
 def _resolve_impl(impl):
@@ -349,10 +407,13 @@ def _token_factors(cfg, output, params, batch, layers):
 
 @oneshot_jit(static_argnames=("cfg", "output", "layers", "chunk", "dtype"))
 def _layer_inputs(params, batch, *, cfg, output, layers, chunk, dtype):
-    """(u1, δ2) of every selected MLP for all N examples, `chunk` examples per forward/backward."""
+    """(u1, δ2) of every selected MLP for all N examples, `chunk` examples per forward/backward; rows
+    `padded_rows(N, chunk)`: slicing the padding off here copied all factors (25.8 GB at N = 4096,
+    chunk 39 on an H100, over the memory budget), so the caller drops the padded rows of the kernel."""
     params = cast_floating(params, dtype)
     n = batch["input_ids"].shape[0]
-    return _chunked_map(lambda b: _probe_factors(cfg, output, params, b, layers, ("u1", "d2")), batch, n, chunk)
+    return _chunked_map(lambda b: _probe_factors(cfg, output, params, b, layers, ("u1", "d2")), batch, n, chunk,
+                        keep_padding=True)
 
 
 def _layer_parts(block, u1, d2, c, dc, names, act):
@@ -759,6 +820,9 @@ def kernels(cfg, params, batch, *, output=None, selector=None, kinds=("ntk", "si
                 part = _layer_gram(block, fa[l], None if fb is None else fb[l], names=names, kinds=kinds,
                                    activation=cfg.activation, d_chunks=dch, **gram)
                 out = part if out is None else {k: out[k] + part[k] for k in kinds}
+            n1 = b1["input_ids"].shape[0]
+            n2 = n1 if b2 is None else b2["input_ids"].shape[0]
+            out = {k: v[:n1, :n2] for k, v in out.items()}       # the factors' padded rows
         else:
             out = None
             for block in plan.blocks:

@@ -176,6 +176,61 @@ def test_padded_chunk_guard_sees_a_sliced_dot():
     assert len(_sliced_dot_operands(jax.make_jaxpr(g)(jnp.ones((6, 4))).jaxpr)) == 1
 
 
+def test_split_k_pieces_fill_whole_waves():
+    """The H100 measurement behind the rule (docs/bench/gram_h100.json): a 128 × 128 Gram over 2.36 M
+    columns ran in 66 ms as 256 pieces (1.94 waves of one tile each on 132 SMs), 88 ms as 288 pieces
+    (2.18 waves: a nearly empty third wave), 102 ms as 144 (1.09 waves), 92 ms unsplit."""
+    km = ntk.kernels_module
+    assert km._split_k_pieces(768 * 3072, 128, 128, 132) == 256
+    assert km._split_k_pieces(768 * 3072, 96, 96, 132) == 256               # ntk_compare's N = 96: one tile too
+    for p, n, sms in [(768 * 3072, 128, 108), (768 * 3072, 256, 132), (2048 * 5632, 128, 114), (147456, 1024, 132)]:
+        b = km._split_k_pieces(p, n, n, sms)
+        tiles = (-(-n // km.GEMM_TILE)) ** 2
+        waves = b * tiles / sms
+        assert b > 1 and p % b == 0 and km.SPLIT_K_MIN <= p // b <= km.SPLIT_K_MAX, (p, n, sms, b)
+        assert waves >= 1.5 and waves / np.ceil(waves) > 0.85, (p, n, sms, b)
+    assert km._split_k_pieces(768 * 3072, 4096, 4096, 132) == 1             # the output alone fills the GPU
+    assert km._split_k_pieces(3072, 128, 128, 132) == 1                     # a bias: too short to split
+
+
+def test_split_k_gram_equals_unsplit(model, monkeypatch):
+    """The split Gram (GPU without autotuning only; forced here with small pieces) is one batched dot
+    over K pieces, and every kernel stays equal to the float64 brute force."""
+    cfg, params, batch, G, full = model
+    km = ntk.kernels_module
+    monkeypatch.setattr(km, "_split_k_applies", lambda: True)
+    monkeypatch.setattr(km, "SPLIT_K_MIN", 32)
+    monkeypatch.setattr(km, "_sm_count", lambda: 4)
+    x = jax.random.normal(jax.random.PRNGKey(1), (6, 768))
+    y = jax.random.normal(jax.random.PRNGKey(2), (5, 768))
+    assert km._split_k_pieces(768, 6, 5, 4) > 1
+    dots = [e for e in jax.make_jaxpr(km._dot_t)(x, y).jaxpr.eqns if e.primitive.name == "dot_general"]
+    assert len(dots) == 1 and dots[0].params["dimension_numbers"][1] == ((1,), (1,))   # batched over pieces
+    ref = np.asarray(x, np.float64) @ np.asarray(y, np.float64).T
+    np.testing.assert_allclose(km._dot_t(x, y), ref, rtol=1e-5, atol=1e-5)
+    jax.clear_caches()   # the engine's programs are traced again with the split
+    try:
+        got = ntk.kernels(cfg, params, batch, kinds=KINDS, strategy="full")
+        ref = _ref(G, ntk.all_mlps())
+        for k in KINDS:
+            assert _rel(got[k], ref[k]) < 2e-5, k
+            np.testing.assert_allclose(got[k], full[k], rtol=1e-4, atol=1e-7)
+    finally:
+        jax.clear_caches()
+
+
+def test_layer_factors_keep_padded_rows(model):
+    """The layers strategy's factors keep the padded rows of the last chunk (the kernel drops them):
+    slicing them off inside the program copied every factor (25.8 GB at roberta-base N = 4096, 53.5 GB
+    peak against a 51 GB budget on an H100)."""
+    cfg, params, batch, _, _ = model
+    km = ntk.kernels_module
+    b = km._prepare(cfg, batch, ntk.class_prob(0))
+    low = km._layer_inputs.lower(params, b, cfg=cfg, output=ntk.class_prob(0), layers=(0, 1), chunk=2, dtype=None)
+    rows = {leaf.shape[0] for leaf in jax.tree_util.tree_leaves(low.out_info)}
+    assert rows == {km.padded_rows(5, 2)} == {6}
+
+
 def test_memory_budget_picks_layers_or_blocks(model):
     cfg, params, batch, _, _ = model
     p_small = ntk.plan_kernels(cfg, params, batch, memory_budget_bytes=40_000)
@@ -191,11 +246,18 @@ def test_balanced_chunk():
     bc = ntk.kernels_module.balanced_chunk
     assert bc(128, 79) == 64 and bc(128, 200) == 128 and bc(1024, 300) == 256
     assert bc(127, 79) == 64 and bc(5, 2) == 2 and bc(7, 1) == 1
-    for n in range(1, 60):
+    assert bc(4096, 39) == 32 and bc(96, 20) == 16 and bc(100, 30) == 25   # divisors: no padded rows
+    for n in range(1, 200):
         for cap in range(1, 70):
             c = bc(n, cap)
             n_chunks = -(-n // c)
-            assert c <= max(cap, 1) and n_chunks == -(-n // min(cap, n)) and n_chunks * c - n < n_chunks
+            balanced = -(-n // -(-n // min(cap, n)))
+            assert c <= max(cap, 1)
+            if n % c:   # padded: the fewest chunks, padding < their number, and no divisor in [3/4 c, c]
+                assert n_chunks == -(-n // min(cap, n)) and n_chunks * c - n < n_chunks
+                assert not any(n % d == 0 for d in range(-(-3 * balanced // 4), balanced + 1))
+            else:
+                assert 4 * c >= 3 * balanced
 
 
 def test_gram_precision_split_is_float32_accurate():
@@ -427,6 +489,7 @@ def test_layers_plan_at_roberta_base_n4096_is_not_degenerate():
     plan = ntk.plan_kernels(cfg, params, batch, selector=ntk.mlp_layers(range(4, 12)), memory_budget_bytes=budget)
     assert plan.strategy == "layers"
     assert plan.chunk >= 16 and max(plan.d_chunks) <= 32, plan
+    assert 4096 % plan.chunk == 0, plan    # no padded factor rows (they slowed the Gram by 14 %)
     with pytest.raises(ntk.NTKConfigError, match="resident"):
         ntk.plan_kernels(cfg, params, batch, selector=ntk.mlp_layers(range(12)), memory_budget_bytes=budget // 2,
                          strategy="layers")
