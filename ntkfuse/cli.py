@@ -104,8 +104,8 @@ def _parser() -> argparse.ArgumentParser:
            "on an H100 it compiled 6%% faster but ran 27%% slower with 63%% more memory)")
     a("--autotune", action=argparse.BooleanOptionalAction, default=None,
       help="compile the kernels, output errors, k-means and mmd fit with XLA's autotuned Triton GEMMs (default "
-           "off: on an H100 the NTK's first call took 67 s with them and 9.6 s without, the warm call 12%% longer "
-           "without)")
+           "off: on an H100 the NTK's first call took 51-67 s with them and 7.4-9.9 s without, the warm call "
+           "0.210 s with them and 0.209-0.213 s without)")
     a("--precision", help="matmul precision of the kernels and outputs: highest (default: float32) or default "
       "(XLA's: TF32 on NVIDIA GPUs since Ampere, faster but the kernels 1.6e-4 relative off on an H100, and "
       "which GEMMs autotuning picks can change the numbers between runs)")

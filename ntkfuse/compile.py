@@ -6,7 +6,9 @@ roberta-base shape (docs/bench/first_call_flags_h100.json) the NTK program's fir
 67 s, 66 s of it XLA compiling and autotuning Triton GEMM fusions (lowering the autotuner's
 level or its candidate count saved 3-7 %); with Triton GEMMs off (`xla_gpu_enable_triton_gemm`:
 matmuls go to cuBLAS, whose algorithm XLA picks quickly) it took 9.6 s, and the warm call
-0.234 s instead of 0.209 s, kernels equal within 1.4e-6 relative. So these programs are
+0.234 s instead of 0.209 s, kernels equal within 1.4e-6 relative; since the engine splits its
+skinny Gram products along K on cuBLAS (ntk/kernels.py, `_dot_t`) the warm call is 0.209-0.213 s
+against 0.210 s autotuned in the same device call, first call 7.4-9.9 s. So these programs are
 compiled without GEMM autotuning by default; `autotune(True)` (or `kernels(autotune=True)`,
 `ntk_compare --autotune`) gives the tuned programs for long repeated work. Training steps
 (fine-tuning, surrogate fitting, tuning) keep XLA's defaults: they run thousands of times.
