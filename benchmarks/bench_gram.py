@@ -59,24 +59,13 @@ def variants(jax, jnp):
             return k, s
         return f
 
-    def stacked(leaves):     # same-shaped leaves stacked: one batched product per shape
-        groups = {}
-        for a in leaves:
-            groups.setdefault(a.shape, []).append(a)
-        k, s = 0.0, 0.0
-        for g in groups.values():
-            x = jnp.stack(g)
-            k = k + jnp.einsum("lnk,lmk->nm", x, x, precision=hi)
-            s = s + jnp.einsum("lnk,lmk->nm", x, jnp.sign(x), precision=hi)
-        return k, s
-
     def engine(leaves):      # what the engine runs: ntk.kernels_module._gram_add (its K split on a GPU without autotuning)
         from ntkfuse.ntk import kernels_module as km
         n = leaves[0].shape[0]
         acc = km._gram_add({k: jnp.zeros((n, n), jnp.float32) for k in ("ntk", "sign")}, leaves, leaves, ("ntk", "sign"))
         return acc["ntk"], acc["sign"]
 
-    out = {"plain": plain, "concat": concat, "stacked": stacked}
+    out = {"plain": plain, "concat": concat}
     out["engine"] = engine
     for b in (16, 64, 128, 144, 256, 288, 576, 1152):
         out[f"splitk{b}"] = splitk(b)
@@ -89,7 +78,7 @@ def main():
     ap.add_argument("--n", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--variants", default="plain,engine,splitk128,splitk144,splitk256,splitk288,splitk576,splitk1152",
-                    help="comma list, or all (plain, engine, concat, stacked, splitk<pieces> for 16, 64, 128, 144, "
+                    help="comma list, or all (plain, engine, concat, splitk<pieces> for 16, 64, 128, 144, "
                          "256, 288, 576, 1152)")
     ap.add_argument("--triton", default="plain", help="variants also run with Triton GEMMs (comma list, all or none)")
     ap.add_argument("--out", required=True)

@@ -56,10 +56,7 @@ def ntk_rows(args, n: int) -> dict:
     import ntkfuse
     from ntkfuse import ntk
     small = args.small
-    cfg = ntkfuse.ModelConfig(family="roberta", vocab_size=1000 if small else 50265, hidden=32 if small else 768,
-                              intermediate=128 if small else 3072, num_layers=4 if small else 12,
-                              num_heads=4 if small else 12, max_positions=514, type_vocab_size=1, pad_token_id=1,
-                              layer_norm_eps=1e-5, num_labels=2)
+    cfg = harness.roberta_cfg(small)
     params = jax.jit(ntkfuse.init_params, static_argnums=0)(cfg, jax.random.PRNGKey(args.seed))
     ids = np.random.default_rng(args.seed).integers(3, cfg.vocab_size, size=(n, args.seq)).astype(np.int32)
     ids[:, 0], ids[:, -1] = 0, 2

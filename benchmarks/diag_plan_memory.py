@@ -45,10 +45,7 @@ def main():
     from ntkfuse.ntk import kernels_module as km
 
     small = args.small
-    cfg = ntkfuse.ModelConfig(family="roberta", vocab_size=1000 if small else 50265, hidden=32 if small else 768,
-                              intermediate=128 if small else 3072, num_layers=4 if small else 12,
-                              num_heads=4 if small else 12, max_positions=514, type_vocab_size=1, pad_token_id=1,
-                              layer_norm_eps=1e-5, num_labels=2)
+    cfg = harness.roberta_cfg(small)
     params = jax.eval_shape(lambda k: ntkfuse.init_params(cfg, k), jax.random.PRNGKey(0))
     params = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), params)
     ids = np.full((args.n, args.seq), 5, np.int32)

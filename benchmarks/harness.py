@@ -164,6 +164,16 @@ def add_small(parser: argparse.ArgumentParser, help: str) -> None:
     use_compile_cache(True)
 
 
+def roberta_cfg(small: bool = False):
+    """roberta-base's shape (d=768, D=3072, 12 layers, 12 heads, 2 labels) as an ntkfuse
+    ModelConfig, or a tiny one of the same family for CPU runs (d=32, D=128, 4 layers)."""
+    import ntkfuse
+    return ntkfuse.ModelConfig(family="roberta", vocab_size=1000 if small else 50265, hidden=32 if small else 768,
+                               intermediate=128 if small else 3072, num_layers=4 if small else 12,
+                               num_heads=4 if small else 12, max_positions=514, type_vocab_size=1, pad_token_id=1,
+                               layer_norm_eps=1e-5, num_labels=2)
+
+
 def parse_layers(spec) -> list:
     """ntkfuse's layer syntax ('2-5', '4,5,6', '1-2,7'), bad input a one-line error."""
     from ntkfuse.validate import parse_layers as parse

@@ -660,7 +660,7 @@ def plan_kernels(cfg, params, batch, *, selector=None, kinds=("ntk", "sign"), ba
     # a leaf's sign (and its three bf16 pieces when the Gram is split) next to G; with the Gram split
     # along K on a GPU (`_dot_t`), XLA lays a leaf out piece-major: one more copy (measured at N = 1024:
     # peak 14.5 -> 17.9 GB)
-    split_copy = int(_split_k_applies() and (-(-nmax // GEMM_TILE)) ** 2 < 2 * _sm_count())
+    split_copy = int(_split_k_applies() and _split_k_pieces(biggest, nmax, nmax, _sm_count()) > 1)
     leaf_extra = nmax * biggest * (itemsize * (1 + split_copy) + (3 * 2 if gram_precision != "highest" else 0))
     if chunk is None:
         # "full": all N in one vmapped chunk when G + activations fit (no lax.map, no per-chunk copy of G);

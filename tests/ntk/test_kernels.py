@@ -69,6 +69,13 @@ def _rel(a, b):
     return np.linalg.norm(a - b) / np.linalg.norm(b)
 
 
+def _roberta_base_shapes():
+    """roberta-base's config and its params as shapes only (planner tests: nothing is allocated)."""
+    cfg = ntkfuse.ModelConfig(family="roberta", vocab_size=50265, hidden=768, intermediate=3072, num_layers=12,
+                              num_heads=12, max_positions=514, type_vocab_size=1, pad_token_id=1, num_labels=2)
+    return cfg, jax.eval_shape(lambda k: ntkfuse.init_params(cfg, k), jax.random.PRNGKey(0))
+
+
 @pytest.fixture(scope="module")
 def model():
     """RoBERTa-shaped, 2 layers; layer 1 is a fusion block with non-trivial counts."""
@@ -224,9 +231,7 @@ def test_plan_counts_the_split_gram_copy(monkeypatch):
     N = 1024 peak 14.5 -> 17.9 GB): the plan charges it where the split applies, not where the output
     alone fills the GPU (N = 4096)."""
     km = ntk.kernels_module
-    cfg = ntkfuse.ModelConfig(family="roberta", vocab_size=50265, hidden=768, intermediate=3072, num_layers=12,
-                              num_heads=12, max_positions=514, type_vocab_size=1, pad_token_id=1, num_labels=2)
-    params = jax.eval_shape(lambda k: ntkfuse.init_params(cfg, k), jax.random.PRNGKey(0))
+    cfg, params = _roberta_base_shapes()
     monkeypatch.setattr(km, "_sm_count", lambda: 132)
 
     def plan(n, split):
@@ -499,9 +504,7 @@ def test_layers_plan_at_roberta_base_n4096_is_not_degenerate():
     layers take half the budget; the plan must still batch examples and D-columns (a first version
     fell to 1 example per forward and 3072 one-column D-chunks: 118 s on an H100), and a
     selection whose factors cannot fit is refused before any work."""
-    cfg = ntkfuse.ModelConfig(family="roberta", vocab_size=50265, hidden=768, intermediate=3072, num_layers=12,
-                              num_heads=12, max_positions=514, type_vocab_size=1, pad_token_id=1, num_labels=2)
-    params = jax.eval_shape(lambda k: ntkfuse.init_params(cfg, k), jax.random.PRNGKey(0))   # shapes only
+    cfg, params = _roberta_base_shapes()
     ids = np.zeros((4096, 128), np.int32)
     batch = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
     budget = int(0.8 * 79.6 * 2**30)
